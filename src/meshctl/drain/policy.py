@@ -1,0 +1,53 @@
+"""Drain settings, shared by upgrades (old generation) and shutdown (the live generation)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+
+class DrainStrategy(enum.StrEnum):
+    IMMEDIATE = "immediate"
+    """Envoy asks every connection to close at its next chance (Connection: close, GOAWAY)."""
+    GRADUAL = "gradual"
+    """Envoy asks a growing share of connections to close over its drain time."""
+
+
+@dataclass(frozen=True)
+class DrainPolicy:
+    drain_min_s: float = 1.0
+    """The window never ends before this, even when the old generation looks idle: a client may
+    have just been accepted, or be about to send on a connection we saw as idle."""
+    drain_max_s: float = 45.0
+    """The window always ends by this: connections still open are closed and counted as forced
+    closes. Keep it below the pod's terminationGracePeriodSeconds minus stop_grace_s."""
+    strategy: DrainStrategy = DrainStrategy.IMMEDIATE
+    """Envoy's --drain-strategy for the draining generation."""
+    stop_grace_s: float = 5.0
+    """After SIGTERM, how long a generation gets to exit before SIGKILL."""
+
+    def __post_init__(self) -> None:
+        if not (self.drain_min_s >= 0 and self.drain_max_s > 0 and self.stop_grace_s >= 0):
+            raise ValueError("drain times must be positive")
+        if self.drain_min_s > self.drain_max_s:
+            raise ValueError(
+                f"drain_min_s ({self.drain_min_s:g}) is above drain_max_s ({self.drain_max_s:g})"
+            )
+
+    @property
+    def envoy_drain_time_s(self) -> int:
+        """Envoy's --drain-time-s: its drain sequence spans our whole window."""
+        return max(1, math.ceil(self.drain_max_s))
+
+    @property
+    def envoy_parent_shutdown_time_s(self) -> int:
+        """Envoy's --parent-shutdown-time-s, kept past our own deadline plus the stop grace, so
+        that meshctl, not Envoy's timer, ends the window (Envoy's timer stays as a backstop)."""
+        return math.ceil(self.drain_max_s + self.stop_grace_s) + 5
+
+    @property
+    def shutdown_budget_s(self) -> float:
+        """The longest a graceful stop of the supervisor can take: drain, then SIGTERM, grace,
+        SIGKILL. The pod's terminationGracePeriodSeconds must be larger."""
+        return self.drain_max_s + 2 * self.stop_grace_s

@@ -1,0 +1,40 @@
+"""The drain window's decision, as a pure function of time and open connections."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from meshctl.drain.policy import DrainPolicy
+
+
+class Verdict(enum.Enum):
+    WAIT = "wait"
+    """Keep draining."""
+    IDLE = "idle"
+    """No client connection left and the minimum has passed: end now, nothing is lost."""
+    DEADLINE = "deadline"
+    """drain_max_s reached: end now; connections still open are forced closes."""
+
+
+@dataclass
+class DrainWindow:
+    policy: DrainPolicy
+    started_at: float
+    """Monotonic seconds when draining began (the new generation went LIVE)."""
+
+    def elapsed(self, now: float) -> float:
+        return max(0.0, now - self.started_at)
+
+    def time_left(self, now: float) -> float:
+        return max(0.0, self.policy.drain_max_s - self.elapsed(now))
+
+    def decide(self, now: float, connections: int | None) -> Verdict:
+        """`connections` is None when it could not be read; we then wait for the deadline
+        rather than guess the generation is idle."""
+        elapsed = self.elapsed(now)
+        if elapsed >= self.policy.drain_max_s:
+            return Verdict.DEADLINE
+        if connections == 0 and elapsed >= self.policy.drain_min_s:
+            return Verdict.IDLE
+        return Verdict.WAIT

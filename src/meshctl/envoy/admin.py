@@ -1,0 +1,105 @@
+"""Envoy's admin API, as the supervisor needs it: readiness, identity, listeners, drain.
+
+Each generation writes its admin address to a file (--admin-address-path), so we never parse
+the user's config for it, and port 0 works. Every call has a short timeout: the supervisor's
+loop calls these and must stay responsive.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class AdminUnavailable(Exception):
+    """The admin listener is not there (not yet bound, closed at a handover, or gone)."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    """Envoy's full version string, e.g. `9e55.../1.40.0/Clean/RELEASE/BoringSSL`."""
+    state: str
+    """LIVE, PRE_INITIALIZING, INITIALIZING or DRAINING."""
+    epoch: int
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`127.0.0.1:15000` or `[::1]:15000` as (host, port)."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"not an address: {text!r}")
+    return host.strip("[]"), int(port)
+
+
+class AdminClient:
+    def __init__(self, address_file: Path, timeout_s: float = 1.0) -> None:
+        self.address_file = address_file
+        self.timeout_s = timeout_s
+
+    def address(self) -> tuple[str, int] | None:
+        try:
+            text = self.address_file.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return parse_address(text)
+        except ValueError:
+            return None  # written but not complete yet
+
+    def _request(self, method: str, path: str) -> tuple[int, bytes]:
+        addr = self.address()
+        if addr is None:
+            raise AdminUnavailable("admin address not published yet")
+        conn = http.client.HTTPConnection(addr[0], addr[1], timeout=self.timeout_s)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise AdminUnavailable(f"admin {addr[0]}:{addr[1]}{path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def is_ready(self) -> bool:
+        """True when GET /ready answers 200 LIVE."""
+        try:
+            status, body = self._request("GET", "/ready")
+        except AdminUnavailable:
+            return False
+        return status == 200 and body.strip() == b"LIVE"
+
+    def server_info(self) -> ServerInfo:
+        status, body = self._request("GET", "/server_info")
+        if status != 200:
+            raise AdminUnavailable(f"/server_info answered {status}")
+        data = json.loads(body)
+        return ServerInfo(
+            version=str(data.get("version", "")),
+            state=str(data.get("state", "")),
+            epoch=int(data.get("command_line_options", {}).get("restart_epoch", -1)),
+        )
+
+    def listener_ports(self) -> frozenset[int]:
+        """TCP ports of the data-plane listeners (never the admin port)."""
+        status, body = self._request("GET", "/listeners?format=json")
+        if status != 200:
+            raise AdminUnavailable(f"/listeners answered {status}")
+        ports: set[int] = set()
+        for listener in json.loads(body).get("listener_statuses", []):
+            for key in ("local_address", "additional_local_addresses"):
+                value = listener.get(key)
+                for address in value if isinstance(value, list) else [value]:
+                    port = (address or {}).get("socket_address", {}).get("port_value")
+                    if isinstance(port, int) and port > 0:
+                        ports.add(port)
+        return frozenset(ports)
+
+    def drain_listeners(self, graceful: bool = True) -> None:
+        """Stop accepting and start Envoy's drain sequence (used at supervisor shutdown)."""
+        path = "/drain_listeners?graceful" if graceful else "/drain_listeners"
+        status, _ = self._request("POST", path)
+        if status != 200:
+            raise AdminUnavailable(f"{path} answered {status}")

@@ -1,0 +1,69 @@
+"""One Envoy generation: a restart epoch, its process, its admin API, its timings."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl.envoy.admin import AdminClient
+from meshctl.envoy.binary import parse_version
+from meshctl.manager.process import ChildProcess
+
+
+class Role(enum.StrEnum):
+    STARTING = "starting"
+    """Spawned, not LIVE yet."""
+    LIVE = "live"
+    """Serving: the generation new connections go to."""
+    DRAINING = "draining"
+    """Replaced by a newer generation, finishing its connections."""
+    STOPPING = "stopping"
+    """Being ended by the supervisor (SIGTERM, grace, SIGKILL)."""
+    EXITED = "exited"
+
+
+@dataclass
+class Generation:
+    epoch: int
+    binary: Path
+    config: Path
+    process: ChildProcess
+    admin: AdminClient
+    log_path: Path
+    started_mono: float
+    started_wall: float
+    role: Role = Role.STARTING
+    live_mono: float | None = None
+    version: str | None = None
+    listener_ports: frozenset[int] = field(default_factory=frozenset)
+    connections: int | None = None
+    """Last sampled count of open client connections on its listener ports."""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    def set_version(self, full: str) -> None:
+        self.version = parse_version(full) or full
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "pid": self.pid,
+            "create_time": self.process.create_time,
+            "role": str(self.role),
+            "binary": str(self.binary),
+            "config": str(self.config),
+            "version": self.version,
+            "started_at": self.started_wall,
+            "listener_ports": sorted(self.listener_ports),
+            "connections": self.connections,
+            "log": str(self.log_path),
+            "exit": None if self.alive else self.process.describe_exit(),
+        }

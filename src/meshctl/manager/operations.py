@@ -1,0 +1,122 @@
+"""What the CLI asks of a running supervisor: status, upgrade (with pre-flight), stop.
+
+These run in the CLI's process. Pre-flight checks run the new Envoy binary here, before the
+supervisor is asked for anything, so that a bad binary or config changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from meshctl import errors
+from meshctl.envoy.binary import check_executable, probe_binary, validate_config
+from meshctl.exitcodes import ExitCode
+from meshctl.manager.control import call
+from meshctl.manager.state import StateDir
+
+Progress = Callable[[dict[str, Any]], None]
+POLL_S = 0.2
+
+
+def status(state_dir: Path) -> dict[str, Any]:
+    return call(StateDir(state_dir).control_socket, "status")
+
+
+def preflight(binary: Path, config: Path, running_binary: Path) -> dict[str, Any]:
+    """The new binary runs, accepts the new config, and speaks the running one's hot-restart
+    version. Raises PreflightFailed (or BadInput) with the reason; starts nothing."""
+    new = probe_binary(binary)
+    old = probe_binary(running_binary)
+    if new.hot_restart_version != old.hot_restart_version:
+        raise errors.PreflightFailed(
+            f"hot-restart version mismatch: running {old.version} speaks "
+            f"{old.hot_restart_version}, new {new.version} speaks {new.hot_restart_version}; "
+            f"a hot restart between them is impossible"
+        )
+    validate_config(binary, config)
+    return {"version": new.version, "hot_restart_version": new.hot_restart_version}
+
+
+def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bool,
+            timeout_s: float, run_preflight: bool, drain: dict[str, Any],
+            progress: Progress | None = None) -> dict[str, Any]:
+    sd = StateDir(state_dir)
+    current = call(sd.control_socket, "status")
+    live = current.get("live")
+    if current.get("phase") != "running" or not live:
+        upgrading = current.get("upgrade") or {}
+        raise errors.Busy(
+            f"upgrade refused: the supervisor is {current.get('phase')}"
+            + (f" (upgrade {upgrading.get('id')} in progress)" if upgrading else "")
+        )
+    binary = check_executable(Path(envoy).expanduser()) if envoy else Path(live["binary"])
+    if config is not None:
+        if not config.is_file():
+            raise errors.BadInput(f"Envoy config not found: {config}")
+        config = config.absolute()
+    new_config = config or Path(live["config"])
+    if run_preflight:
+        preflight(binary, new_config, Path(live["binary"]))
+    reply = call(sd.control_socket, "upgrade", binary=str(binary.absolute()),
+                 config=str(new_config), **drain)
+    record: dict[str, Any] = reply["upgrade"]
+    if not wait:
+        return record
+    return wait_for_upgrade(sd, record["id"], timeout_s, progress)
+
+
+def wait_for_upgrade(sd: StateDir, upgrade_id: str, timeout_s: float,
+                     progress: Progress | None) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = call(sd.control_socket, "status")
+        current, last = snap.get("upgrade"), snap.get("last_upgrade")
+        if current and current.get("id") == upgrade_id:
+            if progress is not None:
+                progress({**current, "phase": snap.get("phase")})
+        elif last and last.get("id") == upgrade_id:
+            return dict(last)
+        else:
+            raise errors.MeshctlError(f"upgrade {upgrade_id} vanished from the supervisor's "
+                                      f"status (was it restarted?)")
+        if time.monotonic() >= deadline:
+            raise errors.TimedOut(f"upgrade {upgrade_id} not finished after {timeout_s:g}s; "
+                                  f"it goes on: see `meshctl status`")
+        time.sleep(POLL_S)
+
+
+def upgrade_exit_code(record: dict[str, Any], *, waited: bool) -> ExitCode:
+    if not waited:
+        return ExitCode.OK
+    result = record.get("result")
+    if result == "succeeded":
+        return ExitCode.OK
+    if result == "rolled_back":
+        return ExitCode.ROLLED_BACK
+    return ExitCode.FAILED
+
+
+def stop(state_dir: Path, *, graceful: bool, wait: bool, timeout_s: float) -> None:
+    sd = StateDir(state_dir)
+    snap = call(sd.control_socket, "status")
+    call(sd.control_socket, "stop", graceful=graceful)
+    if not wait:
+        return
+    pid = int(snap["supervisor_pid"])
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            raise errors.TimedOut(f"supervisor pid {pid} still running after {timeout_s:g}s")
+        time.sleep(POLL_S)
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # noqa: PLC0415
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,39 @@
+"""The supervisor's settings: typed, frozen, with units in the names. Only the CLI builds them."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshctl.drain.policy import DrainPolicy
+
+BASE_ID_RANGE = 100_000
+
+
+def default_base_id(state_dir: Path) -> int:
+    """A base id derived from the state dir, so that supervisors on one host with different
+    state dirs do not share Envoy's /dev/shm segment, while two supervisors sharing one state
+    dir (the two proxy slots of a pod) agree on it."""
+    return 1 + zlib.crc32(str(state_dir.resolve()).encode()) % BASE_ID_RANGE
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    state_dir: Path
+    """Where the lock, state file, control socket, hot-restart sockets and logs live."""
+    binary: Path
+    """The Envoy binary of the first generation."""
+    config: Path
+    """The Envoy config of the first generation."""
+    base_id: int
+    """Envoy's --base-id, shared by every generation of this supervisor."""
+    drain: DrainPolicy = field(default_factory=DrainPolicy)
+    concurrency: int = 2
+    """Envoy worker threads; constant across generations (see `meshctl.envoy.argv`)."""
+    ready_timeout_s: float = 60.0
+    """How long a generation may take to reach LIVE before it counts as failed."""
+    tick_s: float = 0.1
+    """The main loop's period when nothing wakes it earlier."""
+    extra_args: tuple[str, ...] = ()
+    """Extra Envoy arguments, after `--` on the command line."""
