@@ -18,9 +18,10 @@ import typer
 
 from meshctl import __version__, errors
 from meshctl.cli import output
-from meshctl.manager import operations as client
+from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 from meshctl.exitcodes import ExitCode
+from meshctl.manager import operations as client
 
 app = typer.Typer(
     name="meshctl",
@@ -58,6 +59,11 @@ DrainMaxOpt = Annotated[
     typer.Option("--drain-max-s", help="Drain always ends by this; open connections are then "
                                        "forced closed (default 45).")
 ]
+SettingsOpt = Annotated[
+    Path | None,
+    typer.Option("--settings", envvar="MESHCTL_SETTINGS",
+                 help="meshctl settings file (YAML, section `drain`); flags override it."),
+]
 DrainStrategyOpt = Annotated[
     DrainStrategy | None,
     typer.Option("--drain-strategy", help="Envoy's drain strategy (default immediate).")
@@ -93,16 +99,13 @@ def _state_dir(value: Path | None) -> Path:
     return (value or default_state_dir()).expanduser().absolute()
 
 
-def _policy(min_s: float | None, max_s: float | None, strategy: DrainStrategy | None,
-            grace_s: float | None = None) -> DrainPolicy:
-    base = DrainPolicy()
+def _policy(settings: Path | None, min_s: float | None, max_s: float | None,
+            strategy: DrainStrategy | None, grace_s: float | None = None) -> DrainPolicy:
+    """Defaults, then the settings file, then flags."""
+    base = load_drain_policy(settings)
     try:
-        return DrainPolicy(
-            drain_min_s=base.drain_min_s if min_s is None else min_s,
-            drain_max_s=base.drain_max_s if max_s is None else max_s,
-            strategy=strategy or base.strategy,
-            stop_grace_s=base.stop_grace_s if grace_s is None else grace_s,
-        )
+        return base.with_overrides({"drain_min_s": min_s, "drain_max_s": max_s,
+                                    "strategy": strategy, "stop_grace_s": grace_s})
     except ValueError as exc:
         raise errors.BadInput(f"bad drain options: {exc}") from exc
 
@@ -122,6 +125,7 @@ def run(
         help="Envoy --base-id (default: derived from the state dir).")] = None,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", min=1, help="Envoy worker threads, constant across upgrades.")] = 2,
+    settings: SettingsOpt = None,
     drain_min_s: DrainMinOpt = None,
     drain_max_s: DrainMaxOpt = None,
     drain_strategy: DrainStrategyOpt = None,
@@ -142,7 +146,7 @@ def run(
     code = run_supervisor(
         config=config, envoy=envoy, state_dir=_state_dir(state_dir), base_id=base_id,
         concurrency=concurrency,
-        drain=_policy(drain_min_s, drain_max_s, drain_strategy, stop_grace_s),
+        drain=_policy(settings, drain_min_s, drain_max_s, drain_strategy, stop_grace_s),
         ready_timeout_s=ready_timeout_s, extra_args=list(ctx.args), environ=os.environ,
     )
     raise typer.Exit(int(code))
@@ -161,6 +165,7 @@ def upgrade(
     ] = False,
     timeout_s: Annotated[float, typer.Option(
         "--timeout", help="With --wait: give up waiting after this many seconds.")] = 300.0,
+    settings: SettingsOpt = None,
     drain_min_s: DrainMinOpt = None,
     drain_max_s: DrainMaxOpt = None,
     drain_strategy: DrainStrategyOpt = None,
@@ -172,10 +177,17 @@ def upgrade(
     """Hot-upgrade the running Envoy to a new binary and/or config (a new generation)."""
     sd = _state_dir(state_dir)
     request: dict[str, Any] = {}
-    if drain_min_s is not None or drain_max_s is not None or drain_strategy is not None:
-        policy = _policy(drain_min_s, drain_max_s, drain_strategy)
-        request.update(drain_min_s=policy.drain_min_s, drain_max_s=policy.drain_max_s,
-                       drain_strategy=str(policy.strategy))
+    if (settings is not None or drain_min_s is not None or drain_max_s is not None
+            or drain_strategy is not None):
+        # Only what was given is sent: the supervisor fills the rest from its own policy.
+        given = load_drain_policy(settings) if settings is not None else None
+        raw = {"drain_min_s": drain_min_s, "drain_max_s": drain_max_s,
+               "strategy": str(drain_strategy) if drain_strategy else None}
+        if given is not None:
+            raw = {"drain_min_s": given.drain_min_s, "drain_max_s": given.drain_max_s,
+                   "strategy": str(given.strategy), "stop_grace_s": given.stop_grace_s,
+                   **{k: v for k, v in raw.items() if v is not None}}
+        request.update({k: v for k, v in raw.items() if v is not None})
     result = client.upgrade(sd, envoy=envoy, config=config, wait=wait, timeout_s=timeout_s,
                             run_preflight=not skip_preflight, drain=request,
                             progress=output.progress_reporter(out))

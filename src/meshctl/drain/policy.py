@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 class DrainStrategy(enum.StrEnum):
@@ -51,3 +53,28 @@ class DrainPolicy:
         """The longest a graceful stop of the supervisor can take: drain, then SIGTERM, grace,
         SIGKILL. The pod's terminationGracePeriodSeconds must be larger."""
         return self.drain_max_s + 2 * self.stop_grace_s
+
+    def with_overrides(self, values: Mapping[str, Any]) -> DrainPolicy:
+        """A copy with the given fields replaced (a settings file, then CLI flags). Unknown
+        names, wrong types and inconsistent values raise ValueError, naming the field."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown drain setting(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        changes: dict[str, Any] = {}
+        for name, raw in values.items():
+            if raw is None:
+                continue
+            if name == "strategy":
+                try:
+                    changes[name] = DrainStrategy(str(raw))
+                except ValueError:
+                    raise ValueError(f"strategy must be one of "
+                                     f"{', '.join(s.value for s in DrainStrategy)}, "
+                                     f"not {raw!r}") from None
+            elif isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise ValueError(f"{name} must be a number of seconds, not {raw!r}")
+            else:
+                changes[name] = float(raw)
+        return replace(self, **changes)

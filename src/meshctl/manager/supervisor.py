@@ -33,7 +33,7 @@ from typing import Any
 from meshctl import errors
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.drain.connections import count_downstream
-from meshctl.drain.policy import DrainPolicy, DrainStrategy
+from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow, Verdict
 from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
@@ -51,6 +51,7 @@ from meshctl.manager.stopper import Stopper, StopStep
 log = logging.getLogger(__name__)
 
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
+_POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 _CONNECTION_SAMPLE_S = 1.0  # how often the live generation's connections are read for status
 
 
@@ -167,8 +168,8 @@ class Supervisor:
         finally:
             self._final_cleanup()
             signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
+            for signum, handler in old_handlers.items():
+                signal.signal(signum, handler)
             self.state.release()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -292,14 +293,9 @@ class Supervisor:
             raise errors.BadInput(f"unknown control operation {cmd.op!r}")
 
     def _policy_from(self, args: dict[str, Any]) -> DrainPolicy:
-        base = self.settings.drain
+        wanted = {k: args[k] for k in _POLICY_KEYS if args.get(k) is not None}
         try:
-            return DrainPolicy(
-                drain_min_s=float(args.get("drain_min_s") or base.drain_min_s),
-                drain_max_s=float(args.get("drain_max_s") or base.drain_max_s),
-                strategy=DrainStrategy(args.get("drain_strategy") or base.strategy),
-                stop_grace_s=base.stop_grace_s,
-            )
+            return self.settings.drain.with_overrides(wanted)
         except ValueError as exc:
             raise errors.BadInput(f"bad drain policy: {exc}") from exc
 
