@@ -15,7 +15,6 @@ Envoy generation served each request.
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import time
 from collections import Counter
