@@ -24,6 +24,10 @@ from meshctl.errors import Busy, StateDirError
 
 SCHEMA = 1
 HISTORY_KEEP = 50
+# sun_path holds 108 bytes with its NUL; the longest name we bind is Envoy's
+# "<socket_prefix>_udp_parent_<id>" with an id of up to 7 digits.
+_SUN_PATH_MAX = 107
+_LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 7
 
 
 class StateDir:
@@ -59,6 +63,10 @@ class StateDir:
 
     def prepare(self) -> None:
         """Create (0700) or check the dir: it must be ours and closed to others."""
+        longest = len(os.fsencode(self.socket_prefix)) + _LONGEST_SOCKET_SUFFIX
+        if longest > _SUN_PATH_MAX:
+            raise StateDirError(f"state dir {self.root} is too long a path for Unix sockets "
+                                f"({longest} > {_SUN_PATH_MAX} bytes); choose a shorter one")
         for path in (self.root, self.socket_prefix.parent, self.logs):
             try:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
