@@ -37,7 +37,7 @@ HTTP_LISTENER = """
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          "@type": {hcm_type}
           stat_prefix: http
           route_config:
             virtual_hosts:
@@ -84,6 +84,10 @@ UPSTREAM_CLUSTER = """
 """
 
 
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +108,8 @@ def envoy_config(path: Path, ports: Ports, body: str = "v1",
                  tcp_upstream: int | None = None) -> Path:
     text = ("admin:\n  address:\n    socket_address: "
             f"{{address: 127.0.0.1, port_value: {ports.admin}}}\n"
-            "static_resources:\n  listeners:\n" + HTTP_LISTENER.format(port=ports.http, body=body))
+            "static_resources:\n  listeners:\n" + HTTP_LISTENER.format(port=ports.http, body=body,
+                                                                  hcm_type=HCM_TYPE))
     if tcp_upstream is not None:
         text += TCP_LISTENER.format(port=ports.tcp) + UPSTREAM_CLUSTER.format(port=tcp_upstream)
     path.write_text(text)
