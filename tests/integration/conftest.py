@@ -167,7 +167,8 @@ class Meshctl:
     def start(self, *args: str, config: Path | None = None, envoy: Path | None = None,
               wait: bool = True, timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.state_dir),
-               "--envoy", str(envoy or self.envoy), "--log-level", "debug"]
+               "--envoy", str(envoy or self.envoy), "--health-address", "127.0.0.1:0",
+               "--log-level", "debug"]
         if config is not None:
             cmd += ["--config", str(config)]
         cmd += list(args)
@@ -204,6 +205,8 @@ class Meshctl:
         self.base_id = snap.get("base_id", self.base_id)
         for gen in snap.get("generations") or []:
             self.envoy_pids[int(gen["pid"])] = float(gen["create_time"])
+            if gen.get("keeper_pid"):
+                self.envoy_pids[int(gen["keeper_pid"])] = float(gen["keeper_create_time"])
 
     def cli(self, *args: str, timeout_s: float = 180.0) -> subprocess.CompletedProcess[str]:
         """The real CLI in a subprocess, as a CI job runs it."""

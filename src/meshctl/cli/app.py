@@ -133,6 +133,19 @@ def run(
         "--stop-grace-s", help="After SIGTERM, seconds before SIGKILL (default 5).")] = None,
     ready_timeout_s: Annotated[float, typer.Option(
         "--ready-timeout-s", help="Seconds a generation may take to reach LIVE.")] = 60.0,
+    health: Annotated[str, typer.Option(
+        "--health-address", envvar="MESHCTL_HEALTH_ADDRESS",
+        help="HOST:PORT of the supervisor's readiness/metrics endpoint (/healthz/ready, "
+             "/metrics); port 0 picks a free one; `off` disables it.")] = "127.0.0.1:15021",
+    keeper: Annotated[bool, typer.Option(
+        "--keeper/--no-keeper",
+        help="Run each Envoy under dumb-init, so that Envoy survives a supervisor crash and "
+             "is adopted by the next supervisor on the state dir.")] = True,
+    max_restarts: Annotated[int, typer.Option(
+        "--max-restarts", min=0,
+        help="Restarts of a crashed Envoy allowed within --restart-window-s.")] = 5,
+    restart_window_s: Annotated[float, typer.Option(
+        "--restart-window-s", min=1.0, help="The crash-loop window.")] = 120.0,
     log_level: Annotated[str, typer.Option("--log-level", help="Supervisor log level.")] = "info",
 ) -> None:
     """Run Envoy under the supervisor, in the foreground (PID 1 in a container).
@@ -140,7 +153,8 @@ def run(
     Extra Envoy arguments go after `--`. Signals: SIGTERM/SIGINT drain then stop (twice: stop
     now); SIGHUP hot-restarts with the same binary and config; SIGUSR1 reopens Envoy's logs.
     """
-    from meshctl.manager.runner import run_supervisor  # noqa: PLC0415  (keeps `status` fast)
+    from meshctl.manager.restarts import RestartPolicy  # noqa: PLC0415  (keeps `status` fast)
+    from meshctl.manager.runner import parse_health_address, run_supervisor  # noqa: PLC0415
 
     _setup_logging(log_level)
     code = run_supervisor(
@@ -148,6 +162,8 @@ def run(
         concurrency=concurrency,
         drain=_policy(settings, drain_min_s, drain_max_s, drain_strategy, stop_grace_s),
         ready_timeout_s=ready_timeout_s, extra_args=list(ctx.args), environ=os.environ,
+        health=parse_health_address(health), keeper=keeper,
+        restarts=RestartPolicy(max_restarts=max_restarts, window_s=restart_window_s),
     )
     raise typer.Exit(int(code))
 
@@ -169,6 +185,10 @@ def upgrade(
     drain_min_s: DrainMinOpt = None,
     drain_max_s: DrainMaxOpt = None,
     drain_strategy: DrainStrategyOpt = None,
+    ready_timeout_s: Annotated[float | None, typer.Option(
+        "--ready-timeout-s", min=0.1,
+        help="The new generation must be LIVE within this or the upgrade is rolled back "
+             "(default: the supervisor's --ready-timeout-s).")] = None,
     skip_preflight: Annotated[bool, typer.Option(
         "--skip-preflight", help="Do not run the new binary to check it and the config first.")
     ] = False,
@@ -188,6 +208,8 @@ def upgrade(
                    "strategy": str(given.strategy), "stop_grace_s": given.stop_grace_s,
                    **{k: v for k, v in raw.items() if v is not None}}
         request.update({k: v for k, v in raw.items() if v is not None})
+    if ready_timeout_s is not None:
+        request["ready_timeout_s"] = ready_timeout_s
     result = client.upgrade(sd, envoy=envoy, config=config, wait=wait, timeout_s=timeout_s,
                             run_preflight=not skip_preflight, drain=request,
                             progress=output.progress_reporter(out))

@@ -54,7 +54,7 @@ def run_demo(duration_s: float, to_envoy: str | None,
     state_dir = tmp / "state"
     cmd = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(state_dir),
            "--config", str(v1), "--drain-min-s", "1", "--drain-max-s", "10",
-           "--log-level", "warning"]
+           "--health-address", "127.0.0.1:0", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         log(f"starting Envoy under meshctl: listener 127.0.0.1:{port}, admin {admin}")

@@ -20,7 +20,7 @@ MANAGED_FLAGS = frozenset({
     "-c", "--config-path", "--base-id", "--restart-epoch", "--socket-path", "--socket-mode",
     "--use-dynamic-base-id", "--base-id-path", "--hot-restart-version", "--disable-hot-restart",
     "--admin-address-path", "--drain-time-s", "--parent-shutdown-time-s", "--drain-strategy",
-    "--concurrency", "--mode",
+    "--concurrency", "--mode", "--skip-hot-restart-on-no-parent",
 })
 
 
@@ -43,6 +43,9 @@ class LaunchSpec:
     drain_strategy: str
     concurrency: int
     extra_args: tuple[str, ...] = ()
+    no_parent_ok: bool = False
+    """After a crash: start even though the previous epoch's socket has no one behind it
+    (--skip-hot-restart-on-no-parent), instead of failing to hot-restart."""
 
 
 def check_extra_args(extra: Sequence[str]) -> tuple[str, ...]:
@@ -70,6 +73,8 @@ def build_argv(spec: LaunchSpec) -> list[str]:
         "--drain-strategy", spec.drain_strategy,
         "--concurrency", str(spec.concurrency),
     ]
+    if spec.no_parent_ok:
+        argv.append("--skip-hot-restart-on-no-parent")
     argv.extend(spec.extra_args)
     return argv
 

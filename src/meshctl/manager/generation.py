@@ -36,6 +36,7 @@ class Generation:
     started_wall: float
     role: Role = Role.STARTING
     live_mono: float | None = None
+    live_wall: float | None = None
     version: str | None = None
     listener_ports: frozenset[int] = field(default_factory=frozenset)
     connections: int | None = None
@@ -43,7 +44,8 @@ class Generation:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        """Envoy's own pid (not its keeper's)."""
+        return self.process.envoy_pid
 
     @property
     def alive(self) -> bool:
@@ -55,8 +57,7 @@ class Generation:
     def to_json(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
-            "pid": self.pid,
-            "create_time": self.process.create_time,
+            **self.process.to_json(),
             "role": str(self.role),
             "binary": str(self.binary),
             "config": str(self.config),
@@ -65,5 +66,6 @@ class Generation:
             "listener_ports": sorted(self.listener_ports),
             "connections": self.connections,
             "log": str(self.log_path),
+            "live_at": self.live_wall,
             "exit": None if self.alive else self.process.describe_exit(),
         }

@@ -12,21 +12,40 @@ class Phase(enum.StrEnum):
     """One generation is LIVE and alone: the only phase that accepts an upgrade."""
     UPGRADING = "upgrading"
     """A new generation is starting beside the live one and has not reached LIVE."""
+    ROLLING_BACK = "rolling_back"
+    """The new generation failed (exited, or not LIVE in time) and is being stopped; the old
+    one never stopped serving."""
+    RECOVERING = "recovering"
+    """After a rollback that wedged the hot restart (Trap 1): a generation on the old binary
+    and config takes over from the old one to bring its admin API back."""
     DRAINING = "draining"
     """The new generation is LIVE; the old one drains inside the drain window."""
+    RESTARTING = "restarting"
+    """Envoy died on its own: waiting out the backoff before a fresh generation starts."""
     STOPPING = "stopping"
     """Shutting down: the live generation drains, then every generation is ended."""
     STOPPED = "stopped"
     """Every generation has exited; the supervisor exits."""
     FAILED = "failed"
-    """The supervisor gave up (first generation never LIVE, or Envoy died); it exits non-zero."""
+    """The supervisor gave up (first generation never LIVE, or Envoy crash-looped); it exits
+    non-zero."""
 
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.STARTING: frozenset({Phase.RUNNING, Phase.STOPPING, Phase.FAILED}),
-    Phase.RUNNING: frozenset({Phase.UPGRADING, Phase.STOPPING, Phase.FAILED}),
-    Phase.UPGRADING: frozenset({Phase.DRAINING, Phase.RUNNING, Phase.STOPPING, Phase.FAILED}),
-    Phase.DRAINING: frozenset({Phase.RUNNING, Phase.STOPPING, Phase.FAILED}),
+    # STARTING -> UPGRADING: adopted an old generation and its not-yet-LIVE child.
+    Phase.STARTING: frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.RESTARTING,
+                               Phase.STOPPING, Phase.FAILED}),
+    Phase.RUNNING: frozenset({Phase.UPGRADING, Phase.RESTARTING, Phase.STOPPING,
+                              Phase.FAILED}),
+    Phase.UPGRADING: frozenset({Phase.DRAINING, Phase.ROLLING_BACK, Phase.STOPPING,
+                                Phase.FAILED}),
+    Phase.ROLLING_BACK: frozenset({Phase.RUNNING, Phase.RECOVERING, Phase.RESTARTING,
+                                   Phase.STOPPING, Phase.FAILED}),
+    Phase.RECOVERING: frozenset({Phase.DRAINING, Phase.RUNNING, Phase.STOPPING,
+                                 Phase.FAILED}),
+    Phase.DRAINING: frozenset({Phase.RUNNING, Phase.RESTARTING, Phase.STOPPING,
+                               Phase.FAILED}),
+    Phase.RESTARTING: frozenset({Phase.STARTING, Phase.STOPPING, Phase.FAILED}),
     Phase.STOPPING: frozenset({Phase.STOPPED, Phase.FAILED}),
     Phase.STOPPED: frozenset(),
     Phase.FAILED: frozenset({Phase.STOPPING}),

@@ -11,25 +11,58 @@ reaches the supervisor (which drains) and not Envoy directly (which would stop a
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
+import shutil
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+UNKNOWN_EXIT = -1
+"""exit_status of an adopted process that has gone: not our child, so its status is lost."""
+
+
+def keeper_binary() -> Path | None:
+    """dumb-init, from the `dumb-init` wheel (a dependency), or on PATH.
+
+    Envoy sets PR_SET_PDEATHSIG=SIGTERM, so it dies with its parent. With dumb-init as that
+    parent, a crash of the supervisor leaves Envoy serving (dumb-init is a few hundred lines
+    of C that forwards signals and exits with its child's status): a supervisor started again
+    on the same state dir adopts it.
+    """
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for f in importlib.metadata.distribution("dumb-init").files or []:
+            if f.name == "dumb-init":
+                path = Path(str(f.locate())).resolve()
+                if os.access(path, os.X_OK):
+                    return path
+    found = shutil.which("dumb-init")
+    return Path(found) if found else None
 
 
 @dataclass
 class ChildProcess:
     pid: int
+    """The process the supervisor waits for: the keeper (dumb-init), or Envoy if none."""
     create_time: float
-    """psutil's process start time: with the pid, it identifies the process across pid reuse."""
+    """psutil's start time: with the pid, it identifies the process across pid reuse."""
+    envoy_pid: int
+    """Envoy itself (the keeper's child): its sockets are counted, SIGKILL goes to it."""
+    envoy_create_time: float
+    keeper: bool = False
+    adopted: bool = False
+    """Started by an earlier supervisor: not our child, watched by pid and start time."""
     exit_status: int | None = field(default=None)
-    """The raw wait status once reaped, else None."""
+    """The raw wait status once reaped, UNKNOWN_EXIT for a vanished adopted one, else None."""
 
     @classmethod
-    def spawn(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> ChildProcess:
+    def spawn(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+              keeper: Path | None = None) -> ChildProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: it is the child's stdout
         actions = [
@@ -37,41 +70,109 @@ class ChildProcess:
             (os.POSIX_SPAWN_OPEN, 1, str(log_path), flags, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
+        # --single-child: dumb-init forwards signals to Envoy only and stays in our session.
+        full = [str(keeper), "--single-child", "--", *argv] if keeper else list(argv)
         pid = os.posix_spawn(
-            argv[0], list(argv), dict(env), file_actions=actions, setsid=True,
+            full[0], full, dict(env), file_actions=actions, setsid=True,
             setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
                        signal.SIGCHLD, signal.SIGPIPE),
             setsigmask=(),
         )
-        try:
-            created = psutil.Process(pid).create_time()
-        except psutil.Error:
-            created = 0.0
-        return cls(pid=pid, create_time=created)
+        created = _create_time(pid) or 0.0
+        envoy_pid, envoy_created = pid, created
+        if keeper:
+            found = _only_child(pid, timeout_s=2.0)
+            if found is not None:
+                envoy_pid, envoy_created = found
+        return cls(pid=pid, create_time=created, envoy_pid=envoy_pid,
+                   envoy_create_time=envoy_created, keeper=keeper is not None)
+
+    @classmethod
+    def adopt(cls, pid: int, create_time: float, envoy_pid: int, envoy_create_time: float,
+              keeper: bool) -> ChildProcess | None:
+        """The process recorded by an earlier supervisor, if it still runs (same start time)."""
+        if not (_same(pid, create_time) and _same(envoy_pid, envoy_create_time)):
+            return None
+        return cls(pid=pid, create_time=create_time, envoy_pid=envoy_pid,
+                   envoy_create_time=envoy_create_time, keeper=keeper, adopted=True)
 
     @property
     def alive(self) -> bool:
         return self.exit_status is None
 
+    def poll_adopted(self) -> bool:
+        """For an adopted process (never reaped by us): True once it is gone."""
+        if self.adopted and self.alive and not _same(self.pid, self.create_time):
+            self.exit_status = UNKNOWN_EXIT
+            return True
+        return False
+
     def send(self, sig: int) -> bool:
-        """Deliver a signal; False if the process is already gone."""
+        """Deliver a signal; False if the process is already gone. Through the keeper, which
+        forwards it, except SIGKILL, which cannot be forwarded and goes to Envoy itself."""
         if not self.alive:
             return False
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            return False
-        return True
+        targets = [self.envoy_pid, self.pid] if sig == signal.SIGKILL else [self.pid]
+        sent = False
+        for pid in dict.fromkeys(targets):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+                sent = True
+        return sent
 
     def describe_exit(self) -> str:
         if self.exit_status is None:
             return "running"
+        if self.exit_status == UNKNOWN_EXIT:
+            return "exited (status unknown: adopted from an earlier supervisor)"
         if os.WIFSIGNALED(self.exit_status):
-            sig = os.WTERMSIG(self.exit_status)
-            with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(sig).name}"
-            return f"killed by signal {sig}"
-        return f"exited with status {os.waitstatus_to_exitcode(self.exit_status)}"
+            return f"killed by {_signal_name(os.WTERMSIG(self.exit_status))}"
+        code = os.waitstatus_to_exitcode(self.exit_status)
+        if self.keeper and code > 128:  # dumb-init exits 128+N when its child died of N
+            return f"killed by {_signal_name(code - 128)}"
+        return f"exited with status {code}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pid": self.envoy_pid, "create_time": self.envoy_create_time,
+                "keeper_pid": self.pid if self.keeper else None,
+                "keeper_create_time": self.create_time if self.keeper else None,
+                "adopted": self.adopted}
+
+
+def _signal_name(sig: int) -> str:
+    with contextlib.suppress(ValueError):
+        return signal.Signals(sig).name
+    return f"signal {sig}"
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _same(pid: int, create_time: float | None) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return (create_time is not None and abs(proc.create_time() - create_time) < 0.5
+                and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _only_child(pid: int, timeout_s: float) -> tuple[int, float] | None:
+    """The keeper's child, once it has forked it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            children = psutil.Process(pid).children()
+        except psutil.Error:
+            return None
+        if children:
+            return children[0].pid, children[0].create_time()
+        time.sleep(0.002)
+    return None
 
 
 def reap_children() -> list[tuple[int, int]]:

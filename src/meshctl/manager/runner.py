@@ -11,6 +11,8 @@ from meshctl.drain.policy import DrainPolicy
 from meshctl.envoy.argv import check_extra_args
 from meshctl.envoy.binary import resolve_binary
 from meshctl.exitcodes import ExitCode
+from meshctl.manager.process import keeper_binary
+from meshctl.manager.restarts import RestartPolicy
 from meshctl.manager.settings import SupervisorSettings, default_base_id
 from meshctl.manager.supervisor import Supervisor
 
@@ -31,10 +33,29 @@ def check_config(path: Path) -> Path:
     return path.absolute()
 
 
+def parse_health_address(text: str) -> tuple[str, int] | None:
+    """"HOST:PORT" (port 0: any free port), or "off"."""
+    if text.strip().lower() == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    try:
+        value = int(port)
+    except ValueError:
+        value = -1
+    if not sep or not host or not 0 <= value <= 65535:
+        raise errors.BadInput(f"health address must be HOST:PORT or off, not {text!r}")
+    return host.strip("[]"), value
+
+
 def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
                    base_id: int | None, concurrency: int, drain: DrainPolicy,
                    ready_timeout_s: float, extra_args: Sequence[str],
-                   environ: Mapping[str, str]) -> ExitCode:
+                   environ: Mapping[str, str], health: tuple[str, int] | None = None,
+                   keeper: bool = True, restarts: RestartPolicy | None = None) -> ExitCode:
+    keeper_path = keeper_binary() if keeper else None
+    if keeper and keeper_path is None:
+        raise errors.BadInput("dumb-init (the keeper) is not installed; install the "
+                              "dumb-init package or run with --no-keeper")
     settings = SupervisorSettings(
         state_dir=state_dir,
         binary=resolve_binary(envoy, environ),
@@ -44,6 +65,10 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
         concurrency=concurrency,
         ready_timeout_s=ready_timeout_s,
         extra_args=check_extra_args(extra_args),
+        keeper=keeper_path,
+        health_host=health[0] if health else "127.0.0.1",
+        health_port=health[1] if health else None,
+        restarts=restarts or RestartPolicy(),
     )
     supervisor = Supervisor(settings)
     code = supervisor.run()

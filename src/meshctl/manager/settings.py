@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshctl.drain.policy import DrainPolicy
+from meshctl.manager.restarts import RestartPolicy
 
 BASE_ID_RANGE = 100_000
 
@@ -37,3 +38,11 @@ class SupervisorSettings:
     """The main loop's period when nothing wakes it earlier."""
     extra_args: tuple[str, ...] = ()
     """Extra Envoy arguments, after `--` on the command line."""
+    keeper: Path | None = None
+    """dumb-init between the supervisor and each Envoy, so that Envoy (which dies with its
+    parent) survives a supervisor crash; None spawns Envoy directly."""
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
+    """The supervisor's own health and metrics port (like Istio's 15021); None: off."""
+    restarts: RestartPolicy = field(default_factory=RestartPolicy)
+    """Restarts of an Envoy that died on its own, and when to give up."""

@@ -3,18 +3,26 @@
 The loop, every tick or when woken (signal, control request):
   1. act on recorded signals (handlers only record them),
   2. act on queued control requests,
-  3. reap every exited child,
+  3. reap every exited child (and notice adopted generations that are gone),
   4. advance the phase (`Phase`) by looking at the generations,
-  5. publish a status snapshot for the control socket.
+  5. publish a status snapshot for the control socket and the health port.
 
 An upgrade, as the phases see it:
-  RUNNING    epoch N live alone
-  UPGRADING  epoch N+1 spawned with the same base id; it takes N's listen sockets and N closes
-             its admin listener. If N+1 exits or misses the ready deadline: rolled back.
-  DRAINING   N+1 is LIVE, N drains. The drain window (`meshctl.drain`) ends it when idle or at
-             the deadline; before signalling N, a stand-in takes N's hot-restart socket so that
-             N+1 does not abort (see `meshctl.envoy.standin`).
-  RUNNING    N has exited; N+1 is live alone; the upgrade is recorded.
+  RUNNING      epoch N live alone
+  UPGRADING    epoch N+1 spawned with the same base id; it takes N's listen sockets and N
+               closes its admin listener.
+  DRAINING     N+1 is LIVE, N drains. The drain window (`meshctl.drain`) ends it when idle or
+               at the deadline; before signalling N, a stand-in takes N's hot-restart socket so
+               that N+1 does not abort (see `meshctl.envoy.standin`).
+  RUNNING      N has exited; N+1 is live alone; the upgrade is recorded.
+A failed upgrade (N+1 exits, or misses its ready deadline):
+  ROLLING_BACK N+1 is stopped; N never stopped serving.
+  RECOVERING   if N+1 wedged the hot restart (Trap 1: INITIALIZING left set, N's admin
+               listener closed), the flag is cleared and a generation on N's own binary and
+               config takes over from N under epoch N+1 again, bringing the admin API back;
+               then DRAINING as above, and the upgrade is recorded as rolled back.
+Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTING a fresh
+generation (`--skip-hot-restart-on-no-parent`); too many crashes in a window: FAILED.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ import os
 import select
 import signal
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,83 +42,32 @@ from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.drain.connections import count_downstream
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow, Verdict
+from meshctl.envoy import sharedmem
 from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
+from meshctl.envoy.binary import probe_binary
 from meshctl.envoy.hotrestart import HotRestartFiles
 from meshctl.envoy.standin import ParentStandIn
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import Command, ControlServer
 from meshctl.manager.generation import Generation, Role
+from meshctl.manager.health import HealthServer
+from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
 from meshctl.manager.process import ChildProcess, reap_children, tail
+from meshctl.manager.restarts import CrashLoop
 from meshctl.manager.settings import SupervisorSettings
 from meshctl.manager.state import HISTORY_KEEP, StateDir
 from meshctl.manager.stopper import Stopper, StopStep
+from meshctl.manager.upgrade import Upgrade
 
 log = logging.getLogger(__name__)
 
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 _CONNECTION_SAMPLE_S = 1.0  # how often the live generation's connections are read for status
-
-
-@dataclass
-class Upgrade:
-    """One upgrade, from request to result. Serialised into status and the state history."""
-
-    id: str
-    reason: str
-    from_epoch: int
-    to_epoch: int
-    binary: Path
-    config: Path
-    drain: DrainPolicy
-    requested_wall: float
-    requested_mono: float
-    from_pid: int
-    from_version: str | None
-    to_pid: int | None = None
-    to_version: str | None = None
-    result: str = "in_progress"
-    """in_progress, succeeded, rolled_back or aborted."""
-    error: str | None = None
-    drain_end: str | None = None
-    """idle (ended early), deadline (forced), envoy (Envoy's own timer) or exited (crashed)."""
-    forced_closes: int = 0
-    live_after_s: float | None = None
-    drain_s: float | None = None
-    total_s: float | None = None
-    events: list[tuple[float, str]] = field(default_factory=list)
-    window: DrainWindow | None = None
-    connections: int | None = None
-
-    def event(self, now: float, name: str) -> None:
-        self.events.append((round(now - self.requested_mono, 3), name))
-
-    def to_json(self, now: float) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id, "reason": self.reason, "result": self.result, "error": self.error,
-            "from_epoch": self.from_epoch, "to_epoch": self.to_epoch,
-            "from_pid": self.from_pid, "to_pid": self.to_pid,
-            "from_version": self.from_version, "to_version": self.to_version,
-            "binary": str(self.binary), "config": str(self.config),
-            "requested_at": self.requested_wall,
-            "live_after_s": self.live_after_s, "drain_s": self.drain_s,
-            "total_s": self.total_s, "drain_end": self.drain_end,
-            "forced_closes": self.forced_closes,
-            "drain_policy": {
-                "drain_min_s": self.drain.drain_min_s, "drain_max_s": self.drain.drain_max_s,
-                "strategy": str(self.drain.strategy),
-            },
-            "events": [{"t_s": t, "event": name} for t, name in self.events],
-        }
-        if self.window is not None and self.result == "in_progress":
-            out["drain"] = {
-                "connections": self.connections,
-                "elapsed_s": round(self.window.elapsed(now), 3),
-                "time_left_s": round(self.window.time_left(now), 3),
-            }
-        return out
+_SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
+                             Phase.ROLLING_BACK, Phase.RECOVERING})
 
 
 class Supervisor:
@@ -133,6 +89,13 @@ class Supervisor:
         self.shutdown_window: DrainWindow | None = None
         self.graceful_stop = True
         self.ready_deadline: Deadline | None = None
+        self.crashes = CrashLoop(settings.restarts, self.clock)
+        self.restart_at: Deadline | None = None
+        self.restarting = False
+        """True from a crash until the restarted generation is LIVE: a start failure then
+        counts as one more crash, not as a failed first start."""
+        self.metrics = Metrics()
+        self.health: HealthServer | None = None
         self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._snapshot: dict[str, Any] = {}
@@ -145,19 +108,28 @@ class Supervisor:
 
     def run(self) -> ExitCode:
         """Run until stopped; returns the exit code. Raises MeshctlError before anything starts
-        if the state dir cannot be used."""
+        if the state dir or the health port cannot be used."""
         self.state.prepare()
         self.state.acquire()
         old_handlers: dict[int, Any] = {}
         old_wakeup = -1
         try:
-            self._load_previous()
-            self.files.remove_all()  # stale files of a previous, dead supervisor
+            adopted = self._load_previous()
+            if not adopted:
+                self.files.remove_all()  # stale files of a previous, dead supervisor
+            if self.settings.health_port is not None:
+                self.health = HealthServer(self.settings.health_host, self.settings.health_port,
+                                           self._ready, self.metrics)
+                self.health.start()
             for sig in _HANDLED_SIGNALS:
                 old_handlers[sig] = signal.signal(sig, self._record_signal)
             old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
             self.control.start()
-            self._start_first_generation()
+            if adopted:
+                self._resume(adopted)
+            else:
+                self._start_generation(no_parent_ok=False)
+            self._publish()
             while self.phase is not Phase.STOPPED:
                 self._wait(self.settings.tick_s)
                 self._handle_signals()
@@ -170,28 +142,91 @@ class Supervisor:
             signal.set_wakeup_fd(old_wakeup)
             for signum, handler in old_handlers.items():
                 signal.signal(signum, handler)
+            if self.health is not None:
+                self.health.close()
             self.state.release()
             os.close(self._wake_r)
             os.close(self._wake_w)
         return self.exit_code
 
-    def _load_previous(self) -> None:
+    def _load_previous(self) -> list[Generation]:
+        """History from the state file, and the generations a crashed supervisor left running
+        (its keeper kept them alive): they are adopted, not killed."""
         previous = self.state.load()
         if previous is None:
-            return
+            return []
         self.history = list(previous.get("history", []))[-HISTORY_KEEP:]
         self._upgrade_counter = int(previous.get("upgrade_counter", 0))
-        live = previous.get("live") or {}
-        pid, created = live.get("pid"), live.get("create_time")
-        if isinstance(pid, int) and _same_process(pid, created):
+        adopted: list[Generation] = []
+        for rec in previous.get("generations") or []:
+            gen = self._adopt(rec)
+            if gen is not None:
+                adopted.append(gen)
+        if adopted and previous.get("base_id") != self.settings.base_id:
             raise errors.Busy(
-                f"Envoy pid {pid} (epoch {live.get('epoch')}) from a previous supervisor is "
-                f"still running on {self.state.root}; stop it first"
+                f"Envoy epoch {adopted[-1].epoch} (pid {adopted[-1].pid}) from a previous "
+                f"supervisor runs with --base-id {previous.get('base_id')}; start meshctl with "
+                f"that base id to adopt it, or stop it first"
             )
+        return sorted(adopted, key=lambda g: g.epoch)
 
-    def _start_first_generation(self) -> None:
+    def _adopt(self, rec: dict[str, Any]) -> Generation | None:
+        try:
+            keeper_pid = rec.get("keeper_pid")
+            process = ChildProcess.adopt(
+                pid=int(keeper_pid or rec["pid"]),
+                create_time=float(rec.get("keeper_create_time") or rec["create_time"]),
+                envoy_pid=int(rec["pid"]), envoy_create_time=float(rec["create_time"]),
+                keeper=keeper_pid is not None,
+            )
+            epoch = int(rec["epoch"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed generation record in the state file: %r", rec)
+            return None
+        if process is None:
+            return None
+        gen = Generation(
+            epoch=epoch, binary=Path(rec["binary"]), config=Path(rec["config"]),
+            process=process, admin=AdminClient(self.state.admin_address_file(epoch), 1.0),
+            log_path=Path(rec.get("log") or self.state.log_file(epoch)),
+            started_mono=self.clock.monotonic(), started_wall=float(rec.get("started_at") or 0),
+            version=rec.get("version"),
+            listener_ports=frozenset(int(p) for p in rec.get("listener_ports") or []),
+        )
+        log.warning("epoch %d: adopted running Envoy pid %d from a previous supervisor",
+                    epoch, gen.pid)
+        return gen
+
+    def _resume(self, adopted: list[Generation]) -> None:
+        """Carry on from what a crashed supervisor left: the newest generation serves (or is
+        still starting); an older one still alive was draining, and drains again."""
+        for gen in adopted:
+            self.generations[gen.epoch] = gen
+        self.next_epoch = adopted[-1].epoch + 1
+        newest = adopted[-1]
+        older = [g for g in adopted if g is not newest]
+        if not older:
+            self.live = newest
+            self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
+            return  # STARTING: _step_starting marks it LIVE once /ready says so
+        old = older[-1]
+        for extra in older[:-1]:
+            self._end(extra, self.settings.drain.stop_grace_s)
+        self.live = old
+        old.role = Role.LIVE
+        upgrade = self._new_upgrade(old, newest.epoch, newest.binary, newest.config,
+                                    self.settings.drain,
+                                    "resumed after a supervisor restart",
+                                    self.settings.ready_timeout_s)
+        upgrade.to_pid = newest.pid
+        self.ready_deadline = Deadline(self.clock, upgrade.ready_timeout_s)
+        self.phase = transition(self.phase, Phase.UPGRADING)
+
+    def _start_generation(self, *, no_parent_ok: bool) -> None:
         s = self.settings
-        self.live = self._spawn(s.binary, s.config, s.drain)
+        binary, config = ((self.live.binary, self.live.config) if self.live is not None
+                          else (s.binary, s.config))
+        self.live = self._spawn(binary, config, s.drain, no_parent_ok=no_parent_ok)
         self.ready_deadline = Deadline(self.clock, s.ready_timeout_s)
         self._save()
 
@@ -260,7 +295,8 @@ class Supervisor:
         if self.phase is not Phase.RUNNING or self.live is None:
             log.warning("SIGHUP ignored: %s", self._busy_reason())
             return
-        self._begin_upgrade(self.live.binary, self.live.config, self.settings.drain, "SIGHUP")
+        self._begin_upgrade(self.live.binary, self.live.config, self.settings.drain, "SIGHUP",
+                            self.settings.ready_timeout_s)
 
     def handle_usr1(self) -> None:
         """SIGUSR1 asks Envoy to reopen its access logs (log rotation): every generation."""
@@ -283,7 +319,9 @@ class Supervisor:
             binary = _existing_file(cmd.args.get("binary"), self.live.binary, "Envoy binary")
             config = _existing_file(cmd.args.get("config"), self.live.config, "config file")
             policy = self._policy_from(cmd.args)
-            upgrade = self._begin_upgrade(binary, config, policy, "request")
+            ready_timeout_s = _positive(cmd.args.get("ready_timeout_s"),
+                                        self.settings.ready_timeout_s, "ready timeout")
+            upgrade = self._begin_upgrade(binary, config, policy, "request", ready_timeout_s)
             cmd.answer(upgrade=upgrade.to_json(self.clock.monotonic()))
         elif cmd.op == "stop":
             graceful = bool(cmd.args.get("graceful", True))
@@ -300,16 +338,18 @@ class Supervisor:
             raise errors.BadInput(f"bad drain policy: {exc}") from exc
 
     def _busy_reason(self) -> str:
-        if self.phase in (Phase.UPGRADING, Phase.DRAINING) and self.upgrade is not None:
+        if self.upgrade is not None:
             return (f"upgrade {self.upgrade.id} (epoch {self.upgrade.from_epoch} -> "
                     f"{self.upgrade.to_epoch}) is in progress ({self.phase})")
         return f"the supervisor is {self.phase}"
 
     # ----------------------------------------------------------------- processes
 
-    def _spawn(self, binary: Path, config: Path, policy: DrainPolicy) -> Generation:
-        epoch = self.next_epoch
-        self.next_epoch += 1
+    def _spawn(self, binary: Path, config: Path, policy: DrainPolicy, *,
+               no_parent_ok: bool = False, epoch: int | None = None) -> Generation:
+        if epoch is None:
+            epoch = self.next_epoch
+        self.next_epoch = epoch + 1
         admin_file = self.state.admin_address_file(epoch)
         with contextlib.suppress(FileNotFoundError):
             admin_file.unlink()  # a stale address would make us poll someone else
@@ -319,14 +359,15 @@ class Supervisor:
             drain_time_s=policy.envoy_drain_time_s,
             parent_shutdown_time_s=policy.envoy_parent_shutdown_time_s,
             drain_strategy=str(policy.strategy), concurrency=self.settings.concurrency,
-            extra_args=self.settings.extra_args,
+            extra_args=self.settings.extra_args, no_parent_ok=no_parent_ok,
         )
         log_path = self.state.log_file(epoch)
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
         self._prune_logs(keep_from=epoch - 5)
         try:
-            process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ), log_path)
+            process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ), log_path,
+                                         keeper=self.settings.keeper)
         except OSError as exc:
             raise errors.StartFailed(f"cannot start {binary}: {exc.strerror}") from exc
         gen = Generation(
@@ -335,28 +376,36 @@ class Supervisor:
             started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
         )
         self.generations[epoch] = gen
-        log.info("epoch %d: started pid %d (%s, %s)", epoch, process.pid, binary, config)
+        log.info("epoch %d: started pid %d (%s, %s)", epoch, gen.pid, binary, config)
         return gen
 
     def _prune_logs(self, keep_from: int) -> None:
         for path in self.state.logs.glob("envoy-*.log"):
             with contextlib.suppress(ValueError, OSError):
-                if int(path.stem.split("-", 1)[1]) < keep_from:
+                if int(path.stem.split("-")[1].split(".")[0]) < keep_from:
                     path.unlink()
 
     def _reap(self) -> None:
-        by_pid = {g.pid: g for g in self.generations.values() if g.alive}
+        by_pid = {g.process.pid: g for g in self.generations.values() if g.alive}
         for pid, status in reap_children():
             gen = by_pid.get(pid)
             if gen is None:
                 log.debug("reaped unknown child %d", pid)  # an orphan handed to PID 1
                 continue
             gen.process.exit_status = status
-            gen.role = Role.EXITED
-            log.info("epoch %d: pid %d %s", gen.epoch, pid, gen.process.describe_exit())
-            self._after_exit(gen)
+            self._exited(gen)
+        for gen in by_pid.values():
+            if gen.process.poll_adopted():
+                self._exited(gen)
 
-    def _after_exit(self, gen: Generation) -> None:
+    def _exited(self, gen: Generation) -> None:
+        gen.role = Role.EXITED
+        log.info("epoch %d: pid %d %s", gen.epoch, gen.pid, gen.process.describe_exit())
+        # A generation gone while its child lives: answer on its socket from now on, or the
+        # child blocks on its next stats request and aborts at its parent-shutdown timer.
+        child = self.generations.get(gen.epoch + 1)
+        if child is not None and child.alive and gen.epoch not in self.stand_ins:
+            self._bind_stand_in(gen)
         # Its child (epoch+1) may still talk to its parent socket through a stand-in: keep it.
         self.files.remove_generation(gen.epoch, keep_parent=gen.epoch in self.stand_ins)
         with contextlib.suppress(FileNotFoundError):
@@ -366,21 +415,26 @@ class Supervisor:
         if stand_in is not None:
             stand_in.close()
 
+    def _bind_stand_in(self, gen: Generation) -> bool:
+        stand_in = ParentStandIn(self.files.parent_socket(gen.epoch), gen.epoch)
+        try:
+            stand_in.start()
+        except OSError as exc:
+            log.error("epoch %d: stand-in could not bind (%s)", gen.epoch, exc)
+            return False
+        self.stand_ins[gen.epoch] = stand_in
+        return True
+
     def _end(self, gen: Generation, grace_s: float) -> None:
         """Start ending a generation (named steps). If its child is alive, a stand-in answers
         on its socket first, so the child does not abort (Trap 2)."""
         if gen.epoch in self.stoppers or not gen.alive:
             return
         child = self.generations.get(gen.epoch + 1)
-        if child is not None and child.alive and gen.epoch not in self.stand_ins:
-            stand_in = ParentStandIn(self.files.parent_socket(gen.epoch), gen.epoch)
-            try:
-                stand_in.start()
-                self.stand_ins[gen.epoch] = stand_in
-            except OSError as exc:
-                log.error("epoch %d: stand-in could not bind (%s); waiting for Envoy's own "
-                          "timer instead of ending it", gen.epoch, exc)
-                return
+        if (child is not None and child.alive and gen.epoch not in self.stand_ins
+                and not self._bind_stand_in(gen)):
+            log.error("epoch %d: waiting for Envoy's own timer instead of ending it", gen.epoch)
+            return
         gen.role = Role.STOPPING
         stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
         self.stoppers[gen.epoch] = stopper
@@ -388,58 +442,154 @@ class Supervisor:
 
     # ----------------------------------------------------------------- upgrade
 
-    def _begin_upgrade(self, binary: Path, config: Path, policy: DrainPolicy,
-                       reason: str) -> Upgrade:
-        old = self.live
-        assert old is not None
+    def _new_upgrade(self, old: Generation, to_epoch: int, binary: Path, config: Path,
+                     policy: DrainPolicy, reason: str, ready_timeout_s: float) -> Upgrade:
         self._upgrade_counter += 1
-        now = self.clock.monotonic()
         upgrade = Upgrade(
             id=f"u{self._upgrade_counter}", reason=reason, from_epoch=old.epoch,
-            to_epoch=self.next_epoch, binary=binary, config=config, drain=policy,
-            requested_wall=self.clock.wall(), requested_mono=now, from_pid=old.pid,
-            from_version=old.version,
+            to_epoch=to_epoch,
+            binary=binary, config=config, drain=policy, requested_wall=self.clock.wall(),
+            requested_mono=self.clock.monotonic(), from_pid=old.pid,
+            from_version=old.version, ready_timeout_s=ready_timeout_s,
         )
         self.upgrade = upgrade
+        return upgrade
+
+    def _begin_upgrade(self, binary: Path, config: Path, policy: DrainPolicy,
+                       reason: str, ready_timeout_s: float) -> Upgrade:
+        old = self.live
+        assert old is not None
+        upgrade = self._new_upgrade(old, self.next_epoch, binary, config, policy, reason,
+                                    ready_timeout_s)
         self.phase = transition(self.phase, Phase.UPGRADING)
         new = self._spawn(binary, config, policy)
         upgrade.to_pid = new.pid
         upgrade.event(self.clock.monotonic(), "new_started")
-        self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
+        self.ready_deadline = Deadline(self.clock, ready_timeout_s)
         log.info("upgrade %s: epoch %d -> %d (%s)", upgrade.id, old.epoch, new.epoch, reason)
         self._save()
         return upgrade
 
     def _step_upgrading(self) -> None:
-        upgrade, new = self.upgrade, self.generations.get(self.next_epoch - 1)
-        assert upgrade is not None and new is not None
-        if new.epoch in self.stoppers:  # rolling back: wait until the failed one is gone
-            self.stoppers[new.epoch].tick()
-            if not new.alive:
-                self._finish_upgrade("rolled_back")
-            return
+        upgrade = self.upgrade
+        assert upgrade is not None
+        new = self.generations[upgrade.to_epoch]
         if not new.alive:
             upgrade.error = (f"new generation {new.process.describe_exit()} before LIVE: "
                              f"{_last_log(new)}")
-            self._finish_upgrade("rolled_back")
+            self._begin_rollback(new)
         elif new.admin.is_ready():
-            self._mark_live(new)
-            now = self.clock.monotonic()
+            self._handover(new)
+        elif self.ready_deadline is not None and self.ready_deadline.expired():
+            upgrade.error = (f"new generation not LIVE within {upgrade.ready_timeout_s:g}s: "
+                             f"{_last_log(new)}")
+            self._begin_rollback(new)
+
+    def _handover(self, new: Generation) -> None:
+        """`new` is LIVE: it gets the traffic, the live one starts draining."""
+        upgrade = self.upgrade
+        assert upgrade is not None
+        self._mark_live(new)
+        now = self.clock.monotonic()
+        if upgrade.recovery is None:
             upgrade.live_after_s = round(now - upgrade.requested_mono, 3)
             upgrade.to_version = new.version
             upgrade.event(now, "new_live")
-            old = self.live
-            assert old is not None
+        else:
+            upgrade.recovery = "recovered"
+            upgrade.event(now, "recovery_live")
+        old = self.live
+        assert old is not None
+        if old.alive:
             old.role = Role.DRAINING
-            self.live = new
-            upgrade.window = DrainWindow(upgrade.drain, started_at=now)
-            upgrade.event(now, "drain_start")
-            self.phase = transition(self.phase, Phase.DRAINING)
-            self._save()
-        elif self.ready_deadline is not None and self.ready_deadline.expired():
-            upgrade.error = (f"new generation not LIVE within {self.settings.ready_timeout_s:g}s: "
-                             f"{_last_log(new)}")
-            self._end(new, self.settings.drain.stop_grace_s)
+        self.live = new
+        upgrade.window = DrainWindow(upgrade.drain, started_at=now)
+        upgrade.event(now, "drain_start")
+        self.phase = transition(self.phase, Phase.DRAINING)
+        self._save()
+
+    def _begin_rollback(self, failed: Generation) -> None:
+        upgrade = self.upgrade
+        assert upgrade is not None
+        upgrade.event(self.clock.monotonic(), "rollback")
+        log.error("upgrade %s: rolling back: %s", upgrade.id, upgrade.error)
+        self.phase = transition(self.phase, Phase.ROLLING_BACK)
+        self._end(failed, self.settings.drain.stop_grace_s)
+        self._save()
+
+    def _step_rolling_back(self) -> None:
+        """The failed generation is being stopped; once it is gone, repair what it left."""
+        upgrade = self.upgrade
+        assert upgrade is not None
+        failed = self.generations[upgrade.to_epoch]
+        if failed.epoch in self.stoppers:
+            self.stoppers[failed.epoch].tick()
+        if failed.alive:
+            return
+        self._keep_failed_log(failed, upgrade)
+        old = self.live
+        if old is None or not old.alive:
+            self._crashed("the old generation exited during the rollback")
+            return
+        reason = self._needs_recovery(old)
+        if reason is None:
+            upgrade.recovery = "not_needed"
+            self._finish_upgrade("rolled_back")
+            return
+        log.warning("upgrade %s: %s; recovering with a new generation on epoch %d's binary "
+                    "and config", upgrade.id, reason, old.epoch)
+        self.metrics.envoy_restarted("recovery")
+        upgrade.recovery = "in_progress"
+        upgrade.event(self.clock.monotonic(), "recovery_started")
+        # Same epoch number as the failed one: Envoy finds its parent at epoch - 1.
+        self._spawn(old.binary, old.config, upgrade.drain, epoch=failed.epoch)
+        self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
+        self.phase = transition(self.phase, Phase.RECOVERING)
+        self._save()
+
+    def _needs_recovery(self, old: Generation) -> str | None:
+        """Why the old generation cannot be left as it is after a failed child (Trap 1)."""
+        shm = self.files.shared_memory
+        try:
+            version = probe_binary(old.binary).hot_restart_version
+            if shm.exists() and sharedmem.clear_initializing(shm, version):
+                log.warning("cleared the stale INITIALIZING flag in %s", shm)
+                return "the failed generation left the hot-restart flag set"
+        except (errors.MeshctlError, sharedmem.UnknownLayout, OSError) as exc:
+            log.error("cannot check %s (%s): the next upgrade may be refused by Envoy",
+                      shm, exc)
+        if not old.admin.is_ready():
+            return f"epoch {old.epoch} lost its admin listener to the failed generation"
+        return None
+
+    def _step_recovering(self) -> None:
+        upgrade = self.upgrade
+        assert upgrade is not None
+        recovery = self.generations[upgrade.to_epoch]
+        if recovery.alive and recovery.admin.is_ready():
+            self._handover(recovery)
+            return
+        if recovery.alive and not (self.ready_deadline and self.ready_deadline.expired()):
+            return
+        if recovery.alive:
+            self._end(recovery, self.settings.drain.stop_grace_s)
+            self.stoppers[recovery.epoch].tick()
+            return
+        upgrade.recovery = "failed"
+        upgrade.error = (f"{upgrade.error}; recovery failed too ({_last_log(recovery)}): "
+                         f"epoch {upgrade.from_epoch} serves without its admin API")
+        with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
+            assert self.live is not None
+            sharedmem.clear_initializing(
+                self.files.shared_memory, probe_binary(self.live.binary).hot_restart_version)
+        self._finish_upgrade("rolled_back")
+
+    def _keep_failed_log(self, failed: Generation, upgrade: Upgrade) -> None:
+        """The failed generation's log outlives the reuse of its epoch number."""
+        kept = failed.log_path.with_name(f"envoy-{failed.epoch}.{upgrade.id}-failed.log")
+        with contextlib.suppress(OSError):
+            failed.log_path.rename(kept)
+            failed.log_path = kept
 
     def _step_draining(self) -> None:
         upgrade = self.upgrade
@@ -447,15 +597,15 @@ class Supervisor:
         old = self.generations[upgrade.from_epoch]
         now = self.clock.monotonic()
         if self.live is not None and not self.live.alive:
-            self._fail(f"epoch {self.live.epoch} {self.live.process.describe_exit()} while the "
-                       f"old generation was draining: {_last_log(self.live)}")
+            self._crashed(f"epoch {self.live.epoch} {self.live.process.describe_exit()} while "
+                          f"the old generation was draining: {_last_log(self.live)}")
             return
         if not old.alive:
             if upgrade.drain_end is None:
                 upgrade.drain_end = "envoy" if old.process.exit_status == 0 else "exited"
             upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
             upgrade.event(now, "old_exited")
-            self._finish_upgrade("succeeded")
+            self._finish_upgrade("rolled_back" if upgrade.recovery else "succeeded")
             return
         if old.epoch in self.stoppers:
             self.stoppers[old.epoch].tick()
@@ -479,28 +629,94 @@ class Supervisor:
         upgrade.result = result
         upgrade.total_s = round(now - upgrade.requested_mono, 3)
         upgrade.event(now, result)
-        self.history.append(upgrade.to_json(now))
+        record = upgrade.to_json(now)
+        self.history.append(record)
         self.history = self.history[-HISTORY_KEEP:]
-        if result == "rolled_back":
-            log.error("upgrade %s rolled back: %s", upgrade.id, upgrade.error)
-        else:
+        self.metrics.upgrade_finished(record)
+        if result == "succeeded":
             log.info("upgrade %s succeeded in %.2fs: epoch %d live, version %s", upgrade.id,
                      upgrade.total_s, upgrade.to_epoch, upgrade.to_version)
+        else:
+            log.error("upgrade %s %s: %s (recovery: %s)", upgrade.id, result, upgrade.error,
+                      upgrade.recovery)
         self.upgrade = None
         self.stoppers = {e: s for e, s in self.stoppers.items() if s.step is not StopStep.DONE}
-        self.phase = transition(self.phase, Phase.RUNNING)
+        if self.phase is not Phase.STOPPING:
+            self.phase = transition(self.phase, Phase.RUNNING)
         self._save()
 
     def _mark_live(self, gen: Generation) -> None:
         gen.live_mono = self.clock.monotonic()
+        gen.live_wall = self.clock.wall()
         gen.role = Role.LIVE
         try:
             gen.set_version(gen.admin.server_info().version)
             gen.listener_ports = gen.admin.listener_ports()
         except (AdminUnavailable, ValueError) as exc:
             log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)
+        self.metrics.set_live(gen.epoch, gen.version)
         log.info("epoch %d: LIVE (version %s, listener ports %s)", gen.epoch, gen.version,
                  sorted(gen.listener_ports))
+
+    # ----------------------------------------------------------------- crashes
+
+    def _crashed(self, message: str) -> None:
+        """Envoy died on its own: restart it after a backoff, unless it crash-loops."""
+        log.error("%s", message)
+        if self.upgrade is not None:
+            self.upgrade.error = message
+            self._finish_upgrade_aborted()
+        for gen in self.generations.values():
+            if gen.alive:
+                self._end(gen, self.settings.drain.stop_grace_s)
+        delay = self.crashes.next_delay()
+        self.metrics.envoy_restarted("crash")
+        if delay is None:
+            p = self.settings.restarts
+            self._fail(f"crash loop: Envoy died {self.crashes.recent()} times within "
+                       f"{p.window_s:g}s (limit {p.max_restarts}); last: {message}")
+            return
+        log.warning("restarting Envoy in %.1fs (crash %d within %gs)", delay,
+                    self.crashes.recent(), self.settings.restarts.window_s)
+        self.restarting = True
+        self.restart_at = Deadline(self.clock, delay)
+        self.phase = transition(self.phase, Phase.RESTARTING)
+        self._save()
+
+    def _finish_upgrade_aborted(self) -> None:
+        upgrade = self.upgrade
+        assert upgrade is not None
+        upgrade.result = "aborted"
+        upgrade.total_s = round(self.clock.monotonic() - upgrade.requested_mono, 3)
+        record = upgrade.to_json(self.clock.monotonic())
+        self.history = [*self.history, record][-HISTORY_KEEP:]
+        self.metrics.upgrade_finished(record)
+        self.upgrade = None
+
+    def _step_restarting(self) -> None:
+        for stopper in self.stoppers.values():
+            stopper.tick()
+        if any(g.alive for g in self.generations.values()):
+            return
+        if self.restart_at is not None and not self.restart_at.expired():
+            return
+        self._clear_stale_flag()
+        self.phase = transition(self.phase, Phase.STARTING)
+        try:
+            self._start_generation(no_parent_ok=True)
+        except errors.StartFailed as exc:
+            self._crashed(str(exc))
+
+    def _clear_stale_flag(self) -> None:
+        """No generation runs: a flag left by one that died initializing would refuse the
+        next start (Trap 1)."""
+        shm = self.files.shared_memory
+        if self.live is None or not shm.exists():
+            return
+        with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
+            if sharedmem.clear_initializing(shm,
+                                            probe_binary(self.live.binary).hot_restart_version):
+                log.warning("cleared the stale INITIALIZING flag in %s", shm)
 
     # ----------------------------------------------------------------- stop
 
@@ -512,14 +728,15 @@ class Supervisor:
             self.graceful_stop = graceful
             if self.upgrade is not None:
                 self.upgrade.error = "supervisor stopped during the upgrade"
-                self.upgrade.result = "aborted"
+                self._finish_upgrade_aborted()
         elif not graceful:
             self.graceful_stop = False
         live = self.live if self.live is not None and self.live.role is Role.LIVE else None
         for gen in self.generations.values():
             if gen.alive and (gen is not live or not self.graceful_stop):
                 self._end(gen, self.settings.drain.stop_grace_s)
-        if live is not None and self.graceful_stop and self.shutdown_window is None:
+        if live is not None and live.alive and self.graceful_stop and \
+                self.shutdown_window is None:
             self.shutdown_window = DrainWindow(self.settings.drain, self.clock.monotonic())
             try:
                 live.admin.drain_listeners(graceful=True)
@@ -554,8 +771,14 @@ class Supervisor:
             self._step_running()
         elif self.phase is Phase.UPGRADING:
             self._step_upgrading()
+        elif self.phase is Phase.ROLLING_BACK:
+            self._step_rolling_back()
+        elif self.phase is Phase.RECOVERING:
+            self._step_recovering()
         elif self.phase is Phase.DRAINING:
             self._step_draining()
+        elif self.phase is Phase.RESTARTING:
+            self._step_restarting()
         elif self.phase is Phase.STOPPING:
             self._step_stopping()
         elif self.phase is Phase.FAILED:
@@ -565,22 +788,31 @@ class Supervisor:
         gen = self.live
         assert gen is not None
         if not gen.alive:
-            self._fail(f"Envoy {gen.process.describe_exit()} during start: {_last_log(gen)}",
-                       ExitCode.START_FAILED)
+            message = f"Envoy {gen.process.describe_exit()} during start: {_last_log(gen)}"
         elif gen.admin.is_ready():
             self._mark_live(gen)
+            self.restarting = False
             self.phase = transition(self.phase, Phase.RUNNING)
             self._save()
+            return
         elif self.ready_deadline is not None and self.ready_deadline.expired():
-            self._fail(f"Envoy not LIVE within {self.settings.ready_timeout_s:g}s: "
-                       f"{_last_log(gen)}", ExitCode.START_FAILED)
+            message = f"Envoy not LIVE within {self.settings.ready_timeout_s:g}s: " \
+                      f"{_last_log(gen)}"
+        else:
+            return
+        if self.restarting:
+            self._crashed(message)
+        else:
+            self._fail(message, ExitCode.START_FAILED)
 
     def _step_running(self) -> None:
+        for stopper in self.stoppers.values():
+            stopper.tick()
         live = self.live
         assert live is not None
         if not live.alive:
-            self._fail(f"Envoy epoch {live.epoch} {live.process.describe_exit()}: "
-                       f"{_last_log(live)}")
+            self._crashed(f"Envoy epoch {live.epoch} {live.process.describe_exit()}: "
+                          f"{_last_log(live)}")
             return
         now = self.clock.monotonic()
         if now - self._last_sample >= _CONNECTION_SAMPLE_S:
@@ -595,6 +827,14 @@ class Supervisor:
         self._begin_stop(graceful=False)
 
     # ----------------------------------------------------------------- state
+
+    def _ready(self) -> tuple[bool, str]:
+        """For the health port (another thread): reads the published snapshot only."""
+        snap = self._snapshot
+        phase, live = snap.get("phase"), snap.get("live")
+        if phase in _SERVING_PHASES and live is not None and live.get("role") == "live":
+            return True, "ready"
+        return False, f"not ready: {phase}"
 
     def _status(self) -> dict[str, Any]:
         now = self.clock.monotonic()
@@ -611,6 +851,9 @@ class Supervisor:
             "last_upgrade": self.history[-1] if self.history else None,
             "upgrades": len(self.history),
             "failure": self.failure,
+            "crashes": {"total": self.crashes.total, "recent": self.crashes.recent()},
+            "health": (f"{self.health.host}:{self.health.port}" if self.health is not None
+                       else None),
             "drain_policy": {
                 "drain_min_s": self.settings.drain.drain_min_s,
                 "drain_max_s": self.settings.drain.drain_max_s,
@@ -620,7 +863,12 @@ class Supervisor:
         }
 
     def _publish(self) -> None:
-        self._snapshot = self._status()  # one assignment: the control thread reads it whole
+        snap = self._status()
+        self._snapshot = snap  # one assignment: the other threads read it whole
+        ready, _ = self._ready()
+        self.metrics.set_ready(ready)
+        self.metrics.set_drain_connections(
+            (snap.get("upgrade") or {}).get("drain", {}).get("connections"))
 
     def _save(self) -> None:
         status = self._status()
@@ -630,16 +878,6 @@ class Supervisor:
         self._snapshot = status
 
 
-def _same_process(pid: int, create_time: Any) -> bool:
-    import psutil  # noqa: PLC0415
-
-    try:
-        proc = psutil.Process(pid)
-        return isinstance(create_time, float) and abs(proc.create_time() - create_time) < 1.0
-    except psutil.Error:
-        return False
-
-
 def _existing_file(raw: Any, default: Path, what: str) -> Path:
     if raw is None:
         return default
@@ -647,6 +885,18 @@ def _existing_file(raw: Any, default: Path, what: str) -> Path:
     if not path.is_file():
         raise errors.BadInput(f"{what} not found: {path}")
     return path
+
+
+def _positive(raw: Any, default: float, what: str) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise errors.BadInput(f"{what} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise errors.BadInput(f"{what} must be positive, not {raw!r}")
+    return value
 
 
 def _last_log(gen: Generation) -> str:
