@@ -14,7 +14,7 @@ import pytest
 def sock_dir() -> Iterator[Path]:
     """A short directory for Unix sockets: a socket path must fit in 108 bytes, which a deep
     pytest tmp_path (long test names, --basetemp) does not guarantee."""
-    path = Path(tempfile.mkdtemp(prefix="mc-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="mcu-", dir="/tmp"))
     try:
         yield path
     finally:

@@ -78,7 +78,7 @@ def test_the_shared_memory_segment_is_named_after_ten_times_the_base_id(
 
 def test_the_shared_memory_lives_in_dev_shm_by_default() -> None:
     files = HotRestartFiles(Path("/s/hr/envoy"), base_id=12)
-    assert SHM_DIR == Path("/dev/shm")
+    assert Path("/dev/shm") == SHM_DIR
     assert files.shared_memory == Path("/dev/shm/envoy_shared_memory_120")
 
 

@@ -6,15 +6,23 @@ HotRestartMessage protobuf.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import socket
 import stat
 import struct
-from collections.abc import Iterator
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from meshctl.envoy.hotrestart import HotRestartFiles
 from meshctl.envoy.standin import ParentStandIn, reply_for, request_kind
+from meshctl.errors import StateDirError
+from meshctl.manager.state import StateDir
 
 STATS_REQUEST = bytes.fromhex("0a021a00")  # request { stats {} }
 TERMINATE_REQUEST = bytes.fromhex("0a022a00")  # request { terminate {} }
@@ -27,6 +35,16 @@ DIDNT_RECOGNIZE = bytes.fromhex("1801")  # didnt_recognize_your_last_message: tr
 
 def frame(body: bytes) -> bytes:
     return struct.pack(">Q", len(body)) + body
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    """The stand-in counts an answer just after sending it: the reply can arrive first."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def unframe(data: bytes) -> bytes:
@@ -92,14 +110,18 @@ def parent_path(sock_dir: Path) -> Path:
     return sock_dir / "envoy_parent_70"
 
 
-@pytest.fixture
-def stand_in(parent_path: Path) -> Iterator[ParentStandIn]:
-    stand_in = ParentStandIn(parent_path, epoch=0)
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[ParentStandIn]:
+    """One stand-in for the tests that only exchange messages with it: closing one waits for
+    its 0.2 s receive timeout, which adds up."""
+    directory = Path(tempfile.mkdtemp(prefix="mcu-", dir="/tmp"))
+    stand_in = ParentStandIn(directory / "envoy_parent_70", epoch=0)
     stand_in.start()
     try:
         yield stand_in
     finally:
         stand_in.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -113,49 +135,54 @@ def child(sock_dir: Path) -> Iterator[socket.socket]:
 
 
 def test_a_stand_in_answers_a_stats_request_on_its_socket(
-    stand_in: ParentStandIn, child: socket.socket, parent_path: Path
+    stand_in: ParentStandIn, child: socket.socket
 ) -> None:
-    child.sendto(frame(STATS_REQUEST), str(parent_path))
+    answered = stand_in.requests_answered
+    child.sendto(frame(STATS_REQUEST), str(stand_in.path))
     reply = child.recv(65536)
     assert unframe(reply) == STATS_REPLY
-    assert stand_in.requests_answered == 1
+    assert eventually(lambda: stand_in.requests_answered == answered + 1)
 
 
 def test_a_stand_in_answers_every_stats_flush(
-    stand_in: ParentStandIn, child: socket.socket, parent_path: Path
+    stand_in: ParentStandIn, child: socket.socket
 ) -> None:
+    answered = stand_in.requests_answered
     for _ in range(3):
-        child.sendto(frame(STATS_REQUEST), str(parent_path))
+        child.sendto(frame(STATS_REQUEST), str(stand_in.path))
         assert unframe(child.recv(65536)) == STATS_REPLY
-    assert stand_in.requests_answered == 3
-
-
-def test_a_stand_in_notes_terminate_and_sends_nothing_back(
-    stand_in: ParentStandIn, child: socket.socket, parent_path: Path
-) -> None:
-    assert not stand_in.terminate_received.is_set()
-    child.sendto(frame(TERMINATE_REQUEST), str(parent_path))
-    assert stand_in.terminate_received.wait(timeout=2.0)
-    # The next datagram we receive answers the next request: nothing was queued for Terminate.
-    child.sendto(frame(STATS_REQUEST), str(parent_path))
-    assert unframe(child.recv(65536)) == STATS_REPLY
-    assert stand_in.requests_answered == 1
+    assert eventually(lambda: stand_in.requests_answered == answered + 3)
 
 
 def test_a_stand_in_says_it_did_not_recognize_an_unknown_request(
-    stand_in: ParentStandIn, child: socket.socket, parent_path: Path
+    stand_in: ParentStandIn, child: socket.socket
 ) -> None:
-    child.sendto(frame(SHUTDOWN_ADMIN_REQUEST), str(parent_path))
+    child.sendto(frame(SHUTDOWN_ADMIN_REQUEST), str(stand_in.path))
     assert unframe(child.recv(65536)) == DIDNT_RECOGNIZE
 
 
-def test_a_stand_in_socket_is_a_socket_only_its_user_may_use(
-    stand_in: ParentStandIn, parent_path: Path
-) -> None:
-    mode = parent_path.stat().st_mode
+def test_a_stand_in_socket_is_a_socket_only_its_user_may_use(stand_in: ParentStandIn) -> None:
+    mode = stand_in.path.stat().st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
-    assert not parent_path.with_name(parent_path.name + ".standin").exists()
+    assert not stand_in.path.with_name(stand_in.path.name + ".standin").exists()
+
+
+def test_a_stand_in_notes_terminate_and_sends_nothing_back(
+    parent_path: Path, child: socket.socket
+) -> None:
+    stand_in = ParentStandIn(parent_path, epoch=0)
+    stand_in.start()
+    try:
+        assert not stand_in.terminate_received.is_set()
+        child.sendto(frame(TERMINATE_REQUEST), str(parent_path))
+        assert stand_in.terminate_received.wait(timeout=2.0)
+        # The next datagram we receive answers the next request: nothing was sent for Terminate.
+        child.sendto(frame(STATS_REQUEST), str(parent_path))
+        assert unframe(child.recv(65536)) == STATS_REPLY
+        assert eventually(lambda: stand_in.requests_answered == 1)
+    finally:
+        stand_in.close()
 
 
 def test_a_stand_in_takes_over_the_path_of_a_socket_left_by_the_ended_parent(
@@ -197,3 +224,33 @@ def test_closing_a_stand_in_leaves_a_socket_that_replaced_it_at_the_same_path(
 def test_closing_a_stand_in_that_never_started_is_harmless(parent_path: Path) -> None:
     ParentStandIn(parent_path, epoch=0).close()
     assert not parent_path.exists()
+
+
+def start_error(stand_in: ParentStandIn) -> str | None:
+    """Why start() failed, or None; the traceback (and what it holds) is dropped here."""
+    try:
+        stand_in.start()
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.xfail(strict=True, reason="src bug: the stand-in binds '<parent socket>.standin', "
+                                       "4 bytes longer than any socket StateDir.prepare allows for")
+def test_a_stand_in_can_bind_in_the_longest_state_dir_prepare_accepts(sock_dir: Path) -> None:
+    root = sock_dir
+    for length in range(200, len(str(sock_dir)) + 1, -1):
+        root = sock_dir / ("s" * (length - len(str(sock_dir)) - 1))
+        with contextlib.suppress(StateDirError):
+            StateDir(root).prepare()
+            break
+    files = HotRestartFiles(StateDir(root).socket_prefix, base_id=99_999)
+    stand_in = ParentStandIn(files.parent_socket(0), epoch=0)
+    with warnings.catch_warnings():
+        # start() does not close its socket when bind fails (reported); keep that quiet here
+        warnings.simplefilter("ignore", ResourceWarning)
+        failure = start_error(stand_in)
+    try:
+        assert failure is None, failure
+    finally:
+        stand_in.close()

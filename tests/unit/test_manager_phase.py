@@ -1,0 +1,73 @@
+"""The supervisor's lifecycle (`meshctl.manager.phase`): one table, any other move raises."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from meshctl.manager.phase import TRANSITIONS, IllegalTransition, Phase, transition
+
+P = Phase
+ALLOWED = {
+    (P.STARTING, P.RUNNING), (P.STARTING, P.STOPPING), (P.STARTING, P.FAILED),
+    (P.RUNNING, P.UPGRADING), (P.RUNNING, P.STOPPING), (P.RUNNING, P.FAILED),
+    (P.UPGRADING, P.DRAINING), (P.UPGRADING, P.RUNNING), (P.UPGRADING, P.STOPPING),
+    (P.UPGRADING, P.FAILED),
+    (P.DRAINING, P.RUNNING), (P.DRAINING, P.STOPPING), (P.DRAINING, P.FAILED),
+    (P.STOPPING, P.STOPPED), (P.STOPPING, P.FAILED),
+    (P.FAILED, P.STOPPING),
+}
+ILLEGAL = sorted(set(itertools.product(Phase, Phase)) - ALLOWED)
+
+
+@pytest.mark.parametrize(("current", "target"), sorted(ALLOWED))
+def test_every_allowed_transition_moves_to_its_target(current: Phase, target: Phase) -> None:
+    assert transition(current, target) is target
+
+
+@pytest.mark.parametrize(("current", "target"), ILLEGAL)
+def test_every_other_transition_raises_naming_both_phases(current: Phase, target: Phase) -> None:
+    with pytest.raises(IllegalTransition, match=f"{current} -> {target} is not a legal"):
+        transition(current, target)
+
+
+def test_the_table_has_a_row_for_every_phase() -> None:
+    assert set(TRANSITIONS) == set(Phase)
+
+
+def test_stopped_is_terminal() -> None:
+    assert TRANSITIONS[Phase.STOPPED] == frozenset()
+    for target in Phase:
+        with pytest.raises(IllegalTransition):
+            transition(Phase.STOPPED, target)
+
+
+def test_no_phase_moves_to_itself() -> None:
+    for phase in Phase:
+        assert phase not in TRANSITIONS[phase]
+
+
+def test_only_running_accepts_an_upgrade() -> None:
+    assert {p for p in Phase if Phase.UPGRADING in TRANSITIONS[p]} == {Phase.RUNNING}
+
+
+def test_every_phase_can_reach_stopped() -> None:
+    reachable = {Phase.STOPPED}
+    while True:
+        more = {p for p in Phase if TRANSITIONS[p] & reachable} - reachable
+        if not more:
+            break
+        reachable |= more
+    assert reachable == set(Phase)
+
+
+def test_an_upgrade_and_its_drain_return_to_running() -> None:
+    phase = Phase.STARTING
+    for target in (P.RUNNING, P.UPGRADING, P.DRAINING, P.RUNNING, P.STOPPING, P.STOPPED):
+        phase = transition(phase, target)
+    assert phase is Phase.STOPPED
+
+
+def test_an_illegal_transition_is_a_runtime_error() -> None:
+    assert issubclass(IllegalTransition, RuntimeError)
