@@ -70,7 +70,6 @@ TCP_LISTENER = """
 """
 
 UPSTREAM_CLUSTER = """
-  clusters:
   - name: upstream
     connect_timeout: 1s
     type: STATIC
@@ -104,14 +103,58 @@ class Ports:
         self.tcp = free_port()
 
 
-def envoy_config(path: Path, ports: Ports, body: str = "v1",
-                 tcp_upstream: int | None = None) -> Path:
+XDS_CLUSTER = """
+  - name: xds
+    connect_timeout: 1s
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: {port}}}
+"""
+
+XDS_HANG = """node: {{id: meshctl-test, cluster: meshctl-test}}
+dynamic_resources:
+  lds_config:
+    ads: {{}}
+    initial_fetch_timeout: 0s
+    resource_api_version: V3
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds}}
+"""
+
+
+def envoy_config(path: Path, ports: Ports, body: str = "v1", tcp_upstream: int | None = None,
+                 extra_listener: int | None = None, xds_hang: int | None = None) -> Path:
+    """A config for one test's ports. `extra_listener`: a second HTTP listener on that port
+    (a bind conflict if the port is taken); `xds_hang`: listeners also from an ADS server at
+    that port, with no fetch timeout, so initialization never ends if it does not answer."""
     text = ("admin:\n  address:\n    socket_address: "
             f"{{address: 127.0.0.1, port_value: {ports.admin}}}\n"
             "static_resources:\n  listeners:\n" + HTTP_LISTENER.format(port=ports.http, body=body,
                                                                   hcm_type=HCM_TYPE))
+    if extra_listener is not None:
+        text += HTTP_LISTENER.format(port=extra_listener, body=body, hcm_type=HCM_TYPE).replace(
+            "name: http\n", "name: http_extra\n", 1)
+    clusters = []
     if tcp_upstream is not None:
-        text += TCP_LISTENER.format(port=ports.tcp) + UPSTREAM_CLUSTER.format(port=tcp_upstream)
+        text += TCP_LISTENER.format(port=ports.tcp)
+        clusters.append(UPSTREAM_CLUSTER.format(port=tcp_upstream))
+    if xds_hang is not None:
+        clusters.append(XDS_CLUSTER.format(port=xds_hang))
+        text = XDS_HANG.format() + text
+    if clusters:
+        text += "  clusters:" + "".join(clusters)
     path.write_text(text)
     return path
 

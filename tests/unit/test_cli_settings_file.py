@@ -131,8 +131,6 @@ def test_an_inconsistent_window_is_bad_input(tmp_path: Path) -> None:
     assert refusal(path) == f"{path}: drain: drain_min_s (10) is above drain_max_s (5)"
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="src bug: sorting/joining unknown keys assumes they are strings")
 def test_an_unknown_drain_key_that_yaml_reads_as_a_number_is_bad_input(tmp_path: Path) -> None:
     path = settings(tmp_path, "drain:\n  5: 1\n")
     assert "unknown drain setting(s) 5" in refusal(path)

@@ -69,8 +69,6 @@ def test_text_without_a_version_banner_has_no_version(text: str) -> None:
     assert parse_version(text) is None
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: parse_version takes the first /X.Y.Z/ in the "
-                                       "text, which can be in the binary's path")
 def test_the_version_is_read_from_the_banner_even_when_the_binary_path_has_a_version() -> None:
     # What the embedded binary prints under pyenv: the path comes first.
     banner = ("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/envoy/_bin/envoy  "

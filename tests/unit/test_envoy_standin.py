@@ -235,8 +235,6 @@ def start_error(stand_in: ParentStandIn) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: the stand-in binds '<parent socket>.standin', "
-                                       "4 bytes longer than any socket StateDir.prepare allows for")
 def test_a_stand_in_can_bind_in_the_longest_state_dir_prepare_accepts(sock_dir: Path) -> None:
     root = sock_dir
     for length in range(200, len(str(sock_dir)) + 1, -1):

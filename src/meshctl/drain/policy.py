@@ -31,7 +31,10 @@ class DrainPolicy:
 
     def __post_init__(self) -> None:
         if not (self.drain_min_s >= 0 and self.drain_max_s > 0 and self.stop_grace_s >= 0):
-            raise ValueError("drain times must be positive")
+            raise ValueError("drain times must be positive")  # NaN fails here too
+        if not all(math.isfinite(t) for t in (self.drain_min_s, self.drain_max_s,
+                                               self.stop_grace_s)):
+            raise ValueError("drain times must be finite numbers of seconds")
         if self.drain_min_s > self.drain_max_s:
             raise ValueError(
                 f"drain_min_s ({self.drain_min_s:g}) is above drain_max_s ({self.drain_max_s:g})"
@@ -58,7 +61,7 @@ class DrainPolicy:
         """A copy with the given fields replaced (a settings file, then CLI flags). Unknown
         names, wrong types and inconsistent values raise ValueError, naming the field."""
         known = {f.name for f in fields(self)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
             raise ValueError(f"unknown drain setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")

@@ -20,6 +20,8 @@ from meshctl.errors import BadInput, PreflightFailed
 ENVOY_ENV_VAR = "MESHCTL_ENVOY"
 """Environment variable naming the Envoy binary when --envoy is not given."""
 
+# Searched after "version:" when there is one: `envoy --version` starts with the binary's path,
+# which may itself hold something like /3.11.7/ (a pyenv Python's site-packages).
 _VERSION_RE = re.compile(r"/(\d+\.\d+\.\d+(?:-[\w.]+)?)/")
 
 
@@ -55,8 +57,10 @@ def check_executable(path: Path) -> Path:
 
 
 def parse_version(text: str) -> str | None:
-    """`1.40.0` from Envoy's version banner (`.../1.40.0/Clean/RELEASE/BoringSSL`)."""
-    match = _VERSION_RE.search(text)
+    """`1.40.0` from Envoy's version banner (`.../1.40.0/Clean/RELEASE/BoringSSL`), as
+    `--version` prints it or as the admin API's /server_info gives it (no "version:")."""
+    _, found, rest = text.partition("version:")
+    match = _VERSION_RE.search(rest if found else text)
     return match.group(1) if match else None
 
 

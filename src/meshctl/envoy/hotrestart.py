@@ -9,6 +9,8 @@ binds four Unix datagram sockets `P_parent_<id>`, `P_child_<id>`, `P_udp_parent_
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,17 @@ class HotRestartFiles:
         for path in [*self.all_sockets(), self.shared_memory]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    def leave_dead_parent(self, epoch: int) -> None:
+        """Make `epoch`'s parent socket a socket file nobody listens on, as a crashed Envoy
+        leaves it. --skip-hot-restart-on-no-parent copes with ECONNREFUSED there, but aborts
+        on ENOENT, which is what a cleaned-up directory gives."""
+        path = self.parent_socket(epoch)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+        os.chmod(path, 0o600)
 
     def existing(self) -> list[Path]:
         return [p for p in [*self.all_sockets(), self.shared_memory] if p.exists()]

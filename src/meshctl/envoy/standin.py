@@ -86,14 +86,22 @@ class ParentStandIn:
         )
 
     def start(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".standin")
+        # ".si" keeps the name shorter than Envoy's own "_udp_parent_" sockets, which the
+        # state dir's path-length check allows for.
+        tmp = self.path.with_name(self.path.name + ".si")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, self.path)  # atomic: the parent path is never missing
-        self._inode = self.path.stat().st_ino
+        try:
+            sock.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, self.path)  # atomic: the parent path is never missing
+            self._inode = self.path.stat().st_ino
+        except OSError:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
         sock.settimeout(0.2)
         self._sock = sock
         self._thread.start()

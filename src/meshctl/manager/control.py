@@ -175,11 +175,14 @@ def call(path: Path, op: str, timeout_s: float = 35.0, **args: Any) -> dict[str,
             ) from exc
         except PermissionError as exc:
             raise errors.StateDirError(f"cannot reach {path}: permission denied") from exc
-        _send(sock, {"op": op, **args})
         try:
+            _send(sock, {"op": op, **args})
             reply = _recv(sock)
         except TimeoutError as exc:
             raise errors.TimedOut(f"the supervisor did not answer within {timeout_s:g}s") from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise errors.NotRunning(
+                f"the supervisor on {path.parent} closed the connection (stopping?)") from exc
     if not isinstance(reply, dict):
         raise errors.NotRunning(f"the supervisor on {path.parent} closed the connection")
     if not reply.get("ok"):

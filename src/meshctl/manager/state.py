@@ -25,9 +25,9 @@ from meshctl.errors import Busy, StateDirError
 SCHEMA = 1
 HISTORY_KEEP = 50
 # sun_path holds 108 bytes with its NUL; the longest name we bind is Envoy's
-# "<socket_prefix>_udp_parent_<id>" with an id of up to 7 digits.
+# "<socket_prefix>_udp_parent_<id>", id = 10 * base id + epoch % 3, base id < 10,000,000.
 _SUN_PATH_MAX = 107
-_LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 7
+_LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 8
 
 
 class StateDir:

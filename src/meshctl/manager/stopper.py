@@ -39,8 +39,20 @@ class Stopper:
         self.killed = False
         self._deadline: Deadline | None = None
 
-    def start(self) -> None:
+    def start(self, *, ask: bool = True) -> None:
+        """`ask=False` skips SIGTERM: for a generation that never became LIVE. Envoy, on
+        SIGTERM, asks its hot-restart parent to terminate too (it assumes the parent is
+        already draining), so a SIGTERM to a failed new generation would take the old,
+        serving one down with it."""
         if self.step is not StopStep.IDLE:
+            return
+        if not ask:
+            log.info("%s: never LIVE, killing (SIGKILL): a SIGTERM would end its parent too",
+                     self.label)
+            self.process.send(signal.SIGKILL)
+            self.killed = True
+            self.step = StopStep.KILLED
+            self._deadline = Deadline(self.clock, KILL_WAIT_S)
             return
         log.info("%s: asking to stop (SIGTERM), grace %.1fs", self.label, self.grace_s)
         self.process.send(signal.SIGTERM)

@@ -96,6 +96,7 @@ class Supervisor:
         counts as one more crash, not as a failed first start."""
         self.metrics = Metrics()
         self.health: HealthServer | None = None
+        self._state_loaded = False
         self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._snapshot: dict[str, Any] = {}
@@ -111,10 +112,12 @@ class Supervisor:
         if the state dir or the health port cannot be used."""
         self.state.prepare()
         self.state.acquire()
+        self._state_loaded = False
         old_handlers: dict[int, Any] = {}
         old_wakeup = -1
         try:
             adopted = self._load_previous()
+            self._state_loaded = True  # from here on the state file is ours to write
             if not adopted:
                 self.files.remove_all()  # stale files of a previous, dead supervisor
             if self.settings.health_port is not None:
@@ -250,8 +253,9 @@ class Supervisor:
                 with contextlib.suppress(FileNotFoundError):
                     gen.admin.address_file.unlink()
         self.live = None
-        with contextlib.suppress(errors.StateDirError):
-            self._save()
+        if self._state_loaded:  # never overwrite a state file we could not read
+            with contextlib.suppress(errors.StateDirError):
+                self._save()
 
     # ----------------------------------------------------------------- events
 
@@ -435,10 +439,12 @@ class Supervisor:
                 and not self._bind_stand_in(gen)):
             log.error("epoch %d: waiting for Envoy's own timer instead of ending it", gen.epoch)
             return
+        parent = self.generations.get(gen.epoch - 1)
+        never_live = gen.live_mono is None and parent is not None and parent.alive
         gen.role = Role.STOPPING
         stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
         self.stoppers[gen.epoch] = stopper
-        stopper.start()
+        stopper.start(ask=not never_live)
 
     # ----------------------------------------------------------------- upgrade
 
@@ -527,6 +533,9 @@ class Supervisor:
         if failed.alive:
             return
         self._keep_failed_log(failed, upgrade)
+        # The next generation takes the failed one's epoch: Envoy finds its parent's socket
+        # by epoch - 1, and the live one is failed.epoch - 1.
+        self.next_epoch = failed.epoch
         old = self.live
         if old is None or not old.alive:
             self._crashed("the old generation exited during the rollback")
@@ -541,8 +550,7 @@ class Supervisor:
         self.metrics.envoy_restarted("recovery")
         upgrade.recovery = "in_progress"
         upgrade.event(self.clock.monotonic(), "recovery_started")
-        # Same epoch number as the failed one: Envoy finds its parent at epoch - 1.
-        self._spawn(old.binary, old.config, upgrade.drain, epoch=failed.epoch)
+        self._spawn(old.binary, old.config, upgrade.drain)
         self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
         self.phase = transition(self.phase, Phase.RECOVERING)
         self._save()
@@ -576,6 +584,7 @@ class Supervisor:
             self.stoppers[recovery.epoch].tick()
             return
         upgrade.recovery = "failed"
+        self.next_epoch = recovery.epoch
         upgrade.error = (f"{upgrade.error}; recovery failed too ({_last_log(recovery)}): "
                          f"epoch {upgrade.from_epoch} serves without its admin API")
         with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
@@ -701,6 +710,7 @@ class Supervisor:
         if self.restart_at is not None and not self.restart_at.expired():
             return
         self._clear_stale_flag()
+        self.files.leave_dead_parent(self.next_epoch - 1)
         self.phase = transition(self.phase, Phase.STARTING)
         try:
             self._start_generation(no_parent_ok=True)

@@ -1,0 +1,308 @@
+"""Failed upgrades on real Envoy, under constant traffic: each one is rolled back with its
+reason, no client request fails, the hot restart is repaired (Trap 1), the next upgrade works.
+Also: Envoy crashing on its own, the supervisor killed with SIGKILL, the health port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from meshctl.demo.loadgen import LoadGen, LoadStats
+from meshctl.exitcodes import ExitCode
+
+from .conftest import Meshctl, Ports, envoy_config, free_port
+
+pytestmark = pytest.mark.envoy
+
+
+def get(port: int, path: str = "/") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+class Traffic:
+    """Constant load for the length of a `with` block; every request accounted for."""
+
+    def __init__(self, port: int) -> None:
+        self.load = LoadGen("127.0.0.1", port, keepalive_workers=3, new_conn_workers=2)
+        self.stats = LoadStats()
+
+    def __enter__(self) -> Traffic:
+        self.load.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.5)
+        self.stats = self.load.stop()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts and never answers: an xDS server that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    server.close()
+    for conn in conns:
+        conn.close()
+
+
+@pytest.fixture
+def crashing_envoy(workdir: Path, envoy_new: Path) -> Path:
+    """A binary that passes every pre-flight check (it is Envoy for --version, --mode validate)
+    but dies of SIGSEGV as soon as it is started for real."""
+    script = workdir / "crashing-envoy"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --version "*|*" --hot-restart-version "*|*" --mode "*)\n'
+        f'  exec {envoy_new} "$@";;\n'
+        "esac\n"
+        "kill -SEGV $$\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def assert_rolled_back_then_upgrades(meshctl: Meshctl, ports: Ports, done_stdout: str,
+                                     done_code: int, reason: str, config: Path) -> None:
+    assert done_code == ExitCode.ROLLED_BACK, done_stdout
+    record = json.loads(done_stdout)
+    assert record["result"] == "rolled_back"
+    assert reason in record["error"], record["error"]
+    # The old generation (or its replacement on the same binary and config) answers /ready.
+    assert get(ports.admin, "/ready") == (200, "LIVE\n")
+    again = meshctl.cli("upgrade", "--config", str(config), "--wait", "-o", "json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["result"] == "succeeded"
+    assert get(ports.admin, "/ready") == (200, "LIVE\n")
+
+
+def test_a_listener_port_already_in_use_is_rolled_back_and_repaired_without_a_lost_request(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.5", config=config)
+    taken = socket.create_server(("127.0.0.1", 0))
+    bad = envoy_config(workdir / "taken.yaml", ports,
+                       extra_listener=int(taken.getsockname()[1]))
+    try:
+        with Traffic(ports.http) as traffic:
+            done = meshctl.cli("upgrade", "--config", str(bad), "--wait", "-o", "json")
+            assert get(ports.admin, "/ready") == (200, "LIVE\n")
+    finally:
+        taken.close()
+
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    record = json.loads(done.stdout)
+    assert record["recovery"] == "recovered", record
+    assert "before LIVE" in record["error"] and "Address already in use" in record["error"]
+    assert_rolled_back_then_upgrades(meshctl, ports, done.stdout, done.returncode,
+                                     "before LIVE", config)
+
+
+def test_an_initialization_that_never_finishes_is_rolled_back_at_the_ready_timeout(
+        meshctl: Meshctl, ports: Ports, workdir: Path, silent_server: int) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.5", "--stop-grace-s", "2", config=config)
+    hangs = envoy_config(workdir / "hang.yaml", ports, xds_hang=silent_server)
+
+    with Traffic(ports.http) as traffic:
+        done = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "3",
+                           "--wait", "-o", "json")
+
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    record = json.loads(done.stdout)
+    assert record["recovery"] == "recovered", record
+    assert_rolled_back_then_upgrades(meshctl, ports, done.stdout, done.returncode,
+                                     "not LIVE within 3s", config)
+
+
+def test_a_new_generation_killed_during_init_is_rolled_back_and_repaired(
+        meshctl: Meshctl, ports: Ports, workdir: Path, silent_server: int) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.5", config=config)
+    hangs = envoy_config(workdir / "hang.yaml", ports, xds_hang=silent_server)
+
+    with Traffic(ports.http) as traffic:
+        started = meshctl.cli("upgrade", "--config", str(hangs), "--no-wait", "-o", "json")
+        new_pid = json.loads(started.stdout)["to_pid"]
+        time.sleep(1.0)  # attached and initializing (waiting for xDS)
+        os.kill(new_pid, signal.SIGKILL)
+        snap = meshctl.wait_for(lambda s: s["phase"] == "running", 30, "the rollback")
+
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    record = snap["last_upgrade"]
+    assert record["result"] == "rolled_back" and "SIGKILL" in record["error"], record
+    assert record["recovery"] == "recovered"
+    assert get(ports.admin, "/ready") == (200, "LIVE\n")
+    again = meshctl.cli("upgrade", "--wait")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_binary_that_crashes_at_start_is_rolled_back_with_its_reason(
+        meshctl: Meshctl, ports: Ports, workdir: Path, crashing_envoy: Path) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.5", config=config)
+
+    with Traffic(ports.http) as traffic:
+        done = meshctl.cli("upgrade", "--envoy", str(crashing_envoy), "--wait", "-o", "json")
+
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    record = json.loads(done.stdout)
+    assert "SIGSEGV" in record["error"], record
+    assert_rolled_back_then_upgrades(meshctl, ports, done.stdout, done.returncode,
+                                     "before LIVE", config)
+
+
+def test_preflight_refuses_a_binary_of_another_hot_restart_version_and_changes_nothing(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_new: Path) -> None:
+    meshctl.start(config=envoy_config(workdir / "v1.yaml", ports))
+    other = workdir / "other-envoy"
+    other.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --hot-restart-version "*) echo 12.200; exit 0;; esac\n'
+        f'exec {envoy_new} "$@"\n'
+    )
+    other.chmod(0o755)
+    not_envoy = workdir / "not-envoy"
+    not_envoy.write_text("#!/bin/sh\nexit 3\n")
+    not_envoy.chmod(0o755)
+
+    mismatch = meshctl.cli("upgrade", "--envoy", str(other), "--wait")
+    broken = meshctl.cli("upgrade", "--envoy", str(not_envoy), "--wait")
+
+    assert mismatch.returncode == ExitCode.PREFLIGHT, mismatch.stderr
+    assert "hot-restart version mismatch" in mismatch.stderr
+    assert broken.returncode == ExitCode.PREFLIGHT, broken.stderr
+    assert meshctl.status()["upgrades"] == 0
+
+
+def test_envoy_dying_on_its_own_is_restarted_and_a_crash_loop_gives_up_with_exit_1(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.start("--max-restarts", "2", "--restart-window-s", "60",
+                  config=envoy_config(workdir / "v1.yaml", ports))
+
+    for crash in (1, 2):
+        pid = meshctl.status()["live"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        snap = meshctl.wait_for(
+            lambda s, pid=pid: s["phase"] == "running" and s["live"]["pid"] != pid, 30,
+            f"the restart after crash {crash}")
+        assert snap["crashes"]["recent"] == crash
+        assert get(ports.http)[0] == 200
+
+    os.kill(meshctl.status()["live"]["pid"], signal.SIGKILL)
+    code = meshctl.wait_exit(30)
+
+    assert code == ExitCode.FAILED
+    assert "crash loop" in meshctl.supervisor_log()
+
+
+def test_a_supervisor_killed_with_sigkill_leaves_envoy_serving_and_a_new_one_adopts_it(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_old: Path, envoy_new: Path) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.5", config=config, envoy=envoy_old)
+    live = meshctl.status()["live"]
+
+    with Traffic(ports.http) as traffic:
+        assert meshctl.proc is not None
+        meshctl.proc.kill()
+        meshctl.proc.wait()
+        time.sleep(2)
+        assert psutil.pid_exists(live["pid"]), "Envoy died with its supervisor"
+        meshctl.start("--drain-min-s", "0.5", config=config, envoy=envoy_old)
+        adopted = meshctl.status()["live"]
+        done = meshctl.cli("upgrade", "--envoy", str(envoy_new), "--wait", "-o", "json")
+
+    assert (adopted["pid"], adopted["adopted"]) == (live["pid"], True)
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert (record["from_version"], record["to_version"]) == ("1.39.3", "1.40.0")
+    assert record["from_epoch"] == live["epoch"] and record["to_epoch"] == live["epoch"] + 1
+
+
+def test_the_health_port_stays_ready_through_an_upgrade_and_serves_metrics(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    health_port = free_port()
+    meshctl.start("--drain-min-s", "0.5", "--health-address", f"127.0.0.1:{health_port}",
+                  config=envoy_config(workdir / "v1.yaml", ports))
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            answers.append(get(health_port, "/healthz/ready")[0])
+            time.sleep(0.02)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        done = meshctl.cli("upgrade", "--wait")
+    finally:
+        stop.set()
+        prober.join()
+
+    assert done.returncode == 0, done.stderr
+    assert len(answers) > 20 and set(answers) == {200}
+    status, metrics = get(health_port, "/metrics")
+    assert status == 200
+    assert 'meshctl_upgrades_total{result="succeeded"} 1.0' in metrics
+    assert "meshctl_epoch 1.0" in metrics
+    assert 'meshctl_envoy_info{version="1.40.0"} 1.0' in metrics
+
+    meshctl.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    seen_not_ready = False
+    while time.monotonic() < deadline and not seen_not_ready:
+        try:
+            seen_not_ready = get(health_port, "/healthz/ready")[0] == 503
+        except OSError:
+            break
+    assert seen_not_ready or meshctl.wait_exit(30) == 0
+
+
+def test_a_corrupt_state_file_is_reported_and_never_overwritten(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.state_dir.mkdir(mode=0o700)
+    state = meshctl.state_dir / "state.json"
+    state.write_text('{"schema": 1, "live": {"pid": 12')
+
+    done = meshctl.cli("run", "--state-dir", str(meshctl.state_dir), "--health-address", "off",
+                       "--config", str(envoy_config(workdir / "v1.yaml", ports)))
+
+    assert done.returncode == ExitCode.STATE_DIR
+    assert "corrupt" in done.stderr and "Traceback" not in done.stderr
+    assert state.read_text() == '{"schema": 1, "live": {"pid": 12'
