@@ -1,0 +1,76 @@
+"""Fifty upgrades in a row under traffic, alternating Envoy 1.39.3 and 1.40.0, every fifth one
+failing (a listener port taken: the case that wedges Envoy's hot restart): no failed request,
+and nothing accumulates in the supervisor or on the host."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from meshctl.manager import operations
+
+from .conftest import Meshctl, Ports, envoy_config
+from .test_failures import Traffic
+
+pytestmark = pytest.mark.envoy
+
+UPGRADES = 50
+
+
+def footprint(meshctl: Meshctl) -> dict[str, object]:
+    assert meshctl.proc is not None
+    sup = psutil.Process(meshctl.proc.pid)
+    return {"fds": sup.num_fds(), "threads": sup.num_threads(),
+            "children": sorted(p.pid for p in sup.children(recursive=True))}
+
+
+def test_fifty_upgrades_with_every_fifth_failing_lose_no_request_and_leak_nothing(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_old: Path, envoy_new: Path) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.2", "--drain-max-s", "10", "--stop-grace-s", "2",
+                  config=config, envoy=envoy_old)
+    taken = socket.create_server(("127.0.0.1", 0))
+    bad = envoy_config(workdir / "taken.yaml", ports, extra_listener=int(taken.getsockname()[1]))
+    results: list[str] = []
+    baseline: dict[str, object] = {}
+    started = time.monotonic()
+    try:
+        with Traffic(ports.http) as traffic:
+            for i in range(1, UPGRADES + 1):
+                failing = i % 5 == 0
+                record = operations.upgrade(
+                    meshctl.state_dir, envoy=str(envoy_new if i % 2 else envoy_old),
+                    config=bad if failing else config, wait=True, timeout_s=60,
+                    run_preflight=True, drain={})
+                results.append(record["result"])
+                assert record["result"] == ("rolled_back" if failing else "succeeded"), record
+                if i == 5:
+                    baseline = footprint(meshctl)
+    finally:
+        taken.close()
+    elapsed = time.monotonic() - started
+
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    assert results.count("rolled_back") == UPGRADES // 5
+    snap = meshctl.status()
+    live = snap["live"]
+    assert [g["epoch"] for g in snap["generations"]] == [live["epoch"]]
+    # Nothing accumulates: file descriptors, threads, child processes (keeper + Envoy).
+    now = footprint(meshctl)
+    assert now["fds"] == baseline["fds"] and now["threads"] == baseline["threads"], (baseline, now)
+    assert now["children"] == sorted([live["keeper_pid"], live["pid"]])
+    # On the host: the live generation's sockets (and the stand-in answering on its parent's,
+    # if that one was ended early), one shared-memory file.
+    files = {p.name for p in (meshctl.state_dir / "hr").iterdir()}
+    epoch, base = live["epoch"], snap["base_id"]
+    own = {f"envoy_{role}_{10 * base + epoch % 3}"
+           for role in ("parent", "child", "udp_parent", "udp_child")}
+    parent = f"envoy_parent_{10 * base + (epoch - 1) % 3}"
+    assert own <= files <= own | {parent}, files
+    assert [p.name for p in Path("/dev/shm").glob(f"envoy_shared_memory_{10 * base}*")] == \
+        [f"envoy_shared_memory_{10 * base}"]
+    assert elapsed < 300
