@@ -96,6 +96,13 @@ def crashing_envoy(workdir: Path, envoy_new: Path) -> Path:
     return script
 
 
+def report(record: dict[str, object], stats: LoadStats) -> None:
+    """Figures for docs/reliability.md (shown with `pytest -rP`)."""
+    print(json.dumps({"traffic": stats.to_json(), "result": record.get("result"),
+                      "recovery": record.get("recovery"), "total_s": record.get("total_s"),
+                      "error": str(record.get("error"))[:300]}))
+
+
 def assert_rolled_back_then_upgrades(meshctl: Meshctl, ports: Ports, done_stdout: str,
                                      done_code: int, reason: str, config: Path) -> None:
     assert done_code == ExitCode.ROLLED_BACK, done_stdout
@@ -124,8 +131,9 @@ def test_a_listener_port_already_in_use_is_rolled_back_and_repaired_without_a_lo
     finally:
         taken.close()
 
-    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     record = json.loads(done.stdout)
+    report(record, traffic.stats)
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     assert record["recovery"] == "recovered", record
     assert "before LIVE" in record["error"] and "Address already in use" in record["error"]
     assert_rolled_back_then_upgrades(meshctl, ports, done.stdout, done.returncode,
@@ -142,8 +150,9 @@ def test_an_initialization_that_never_finishes_is_rolled_back_at_the_ready_timeo
         done = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "3",
                            "--wait", "-o", "json")
 
-    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     record = json.loads(done.stdout)
+    report(record, traffic.stats)
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     assert record["recovery"] == "recovered", record
     assert_rolled_back_then_upgrades(meshctl, ports, done.stdout, done.returncode,
                                      "not LIVE within 3s", config)
@@ -162,8 +171,9 @@ def test_a_new_generation_killed_during_init_is_rolled_back_and_repaired(
         os.kill(new_pid, signal.SIGKILL)
         snap = meshctl.wait_for(lambda s: s["phase"] == "running", 30, "the rollback")
 
-    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     record = snap["last_upgrade"]
+    report(record, traffic.stats)
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     assert record["result"] == "rolled_back" and "SIGKILL" in record["error"], record
     assert record["recovery"] == "recovered"
     assert get(ports.admin, "/ready") == (200, "LIVE\n")
@@ -179,8 +189,9 @@ def test_a_binary_that_crashes_at_start_is_rolled_back_with_its_reason(
     with Traffic(ports.http) as traffic:
         done = meshctl.cli("upgrade", "--envoy", str(crashing_envoy), "--wait", "-o", "json")
 
-    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     record = json.loads(done.stdout)
+    report(record, traffic.stats)
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     assert "SIGSEGV" in record["error"], record
     assert_rolled_back_then_upgrades(meshctl, ports, done.stdout, done.returncode,
                                      "before LIVE", config)
@@ -246,6 +257,7 @@ def test_a_supervisor_killed_with_sigkill_leaves_envoy_serving_and_a_new_one_ado
         adopted = meshctl.status()["live"]
         done = meshctl.cli("upgrade", "--envoy", str(envoy_new), "--wait", "-o", "json")
 
+    report(json.loads(done.stdout or "{}"), traffic.stats)
     assert (adopted["pid"], adopted["adopted"]) == (live["pid"], True)
     assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     assert done.returncode == 0, done.stderr

@@ -53,6 +53,8 @@ def test_fifty_upgrades_with_every_fifth_failing_lose_no_request_and_leak_nothin
     finally:
         taken.close()
     elapsed = time.monotonic() - started
+    print({"elapsed_s": round(elapsed, 1), "traffic": traffic.stats.to_json(),
+           "baseline": baseline})
 
     assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
     assert results.count("rolled_back") == UPGRADES // 5
