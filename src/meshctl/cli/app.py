@@ -132,7 +132,8 @@ def run(
     stop_grace_s: Annotated[float | None, typer.Option(
         "--stop-grace-s", help="After SIGTERM, seconds before SIGKILL (default 5).")] = None,
     ready_timeout_s: Annotated[float, typer.Option(
-        "--ready-timeout-s", help="Seconds a generation may take to reach LIVE.")] = 60.0,
+        "--ready-timeout-s", "--ready-timeout",
+        help="Seconds a generation may take to reach LIVE.")] = 60.0,
     health: Annotated[str, typer.Option(
         "--health-address", envvar="MESHCTL_HEALTH_ADDRESS",
         help="HOST:PORT of the supervisor's readiness/metrics endpoint (/healthz/ready, "
@@ -186,7 +187,7 @@ def upgrade(
     drain_max_s: DrainMaxOpt = None,
     drain_strategy: DrainStrategyOpt = None,
     ready_timeout_s: Annotated[float | None, typer.Option(
-        "--ready-timeout-s", min=0.1,
+        "--ready-timeout-s", "--ready-timeout", min=0.1,
         help="The new generation must be LIVE within this or the upgrade is rolled back "
              "(default: the supervisor's --ready-timeout-s).")] = None,
     skip_preflight: Annotated[bool, typer.Option(
