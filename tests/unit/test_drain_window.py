@@ -24,8 +24,25 @@ def test_a_drain_window_never_ends_before_drain_min_even_when_idle(window: Drain
 def test_an_idle_generation_ends_the_window_once_drain_min_has_passed(
     window: DrainWindow,
 ) -> None:
+    assert window.decide(START + 1.9, connections=0) is Verdict.WAIT
     assert window.decide(START + 2.0, connections=0) is Verdict.IDLE
     assert window.decide(START + 9.9, connections=0) is Verdict.IDLE
+
+
+def test_one_zero_reading_is_not_enough_to_call_the_generation_idle(
+    window: DrainWindow,
+) -> None:
+    assert window.decide(START + 3.0, connections=2) is Verdict.WAIT
+    assert window.decide(START + 3.1, connections=0) is Verdict.WAIT
+    assert window.decide(START + 3.2, connections=1) is Verdict.WAIT
+    assert window.decide(START + 3.3, connections=0) is Verdict.WAIT
+    assert window.decide(START + 3.4, connections=0) is Verdict.IDLE
+
+
+def test_an_unreadable_count_resets_the_idle_streak(window: DrainWindow) -> None:
+    assert window.decide(START + 3.0, connections=0) is Verdict.WAIT
+    assert window.decide(START + 3.1, connections=None) is Verdict.WAIT
+    assert window.decide(START + 3.2, connections=0) is Verdict.WAIT
 
 
 def test_open_connections_keep_the_window_open_until_drain_max(window: DrainWindow) -> None:
@@ -45,7 +62,8 @@ def test_unknown_connections_are_never_taken_for_idle(window: DrainWindow) -> No
 
 
 def test_a_zero_minimum_ends_an_idle_window_at_once() -> None:
-    window = DrainWindow(DrainPolicy(drain_min_s=0, drain_max_s=10), started_at=START)
+    window = DrainWindow(DrainPolicy(drain_min_s=0, drain_max_s=10), started_at=START,
+                         idle_samples=1)
     assert window.decide(START, connections=0) is Verdict.IDLE
 
 

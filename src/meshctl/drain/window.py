@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshctl.drain.policy import DrainPolicy
 
@@ -22,6 +22,12 @@ class DrainWindow:
     policy: DrainPolicy
     started_at: float
     """Monotonic seconds when draining began (the new generation went LIVE)."""
+    idle_samples: int = 2
+    """Consecutive samples that must read 0 before the window calls the generation idle:
+    one reading of the kernel's TCP table can miss a socket when the table changes while it
+    is read (see `meshctl.drain.connections`), and ending a drain on a miss would cut a live
+    connection. At the supervisor's 100 ms tick this costs 0.1 s."""
+    _zeros: int = field(default=0, init=False, repr=False)
 
     def elapsed(self, now: float) -> float:
         return max(0.0, now - self.started_at)
@@ -35,6 +41,7 @@ class DrainWindow:
         elapsed = self.elapsed(now)
         if elapsed >= self.policy.drain_max_s:
             return Verdict.DEADLINE
-        if connections == 0 and elapsed >= self.policy.drain_min_s:
+        self._zeros = self._zeros + 1 if connections == 0 else 0
+        if self._zeros >= self.idle_samples and elapsed >= self.policy.drain_min_s:
             return Verdict.IDLE
         return Verdict.WAIT
