@@ -11,6 +11,7 @@ reaches the supervisor (which drains) and not Envoy directly (which would stop a
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.metadata
 import os
 import shutil
@@ -173,6 +174,20 @@ def _only_child(pid: int, timeout_s: float) -> tuple[int, float] | None:
             return children[0].pid, children[0].create_time()
         time.sleep(0.002)
     return None
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Orphans among our descendants (an Envoy whose dumb-init was killed) become our children,
+    as they would if we were PID 1, so that we reap them and no zombie is left. Under systemd
+    or in a container the supervisor behaves the same either way."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 def reap_children() -> list[tuple[int, int]]:

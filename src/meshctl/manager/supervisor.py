@@ -54,7 +54,7 @@ from meshctl.manager.generation import Generation, Role
 from meshctl.manager.health import HealthServer
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
-from meshctl.manager.process import ChildProcess, reap_children, tail
+from meshctl.manager.process import ChildProcess, become_subreaper, reap_children, tail
 from meshctl.manager.restarts import CrashLoop
 from meshctl.manager.settings import SupervisorSettings
 from meshctl.manager.state import HISTORY_KEEP, StateDir
@@ -117,6 +117,8 @@ class Supervisor:
         self.state.prepare()
         self.state.acquire()
         self._state_loaded = False
+        if os.getpid() != 1 and not become_subreaper():
+            log.warning("cannot become a child subreaper: orphaned Envoys go to init")
         old_handlers: dict[int, Any] = {}
         old_wakeup = -1
         try:
