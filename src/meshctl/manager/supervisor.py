@@ -857,7 +857,7 @@ class Supervisor:
         phase, live = snap.get("phase"), snap.get("live")
         if phase in _SERVING_PHASES and live is not None and live.get("role") == "live":
             return True, "ready"
-        return False, f"not ready: {phase}"
+        return False, str(phase)
 
     def _status(self) -> dict[str, Any]:
         now = self.clock.monotonic()
