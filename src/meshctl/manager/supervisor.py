@@ -798,6 +798,10 @@ class Supervisor:
     def _begin_stop(self, graceful: bool) -> None:
         if self.phase is Phase.STOPPED:
             return
+        # Stopped while handing over (in a pod, the swap sets this slot back to standby as
+        # soon as the new slot is ready): the drain under way is the graceful stop.
+        handover = (self.upgrade.window if self.phase is Phase.HANDING_OVER
+                    and self.upgrade is not None else None)
         if self.phase is not Phase.STOPPING:
             self.phase = transition(self.phase, Phase.STOPPING)
             self.graceful_stop = graceful
@@ -806,11 +810,16 @@ class Supervisor:
                 self._finish_upgrade_aborted()
         elif not graceful:
             self.graceful_stop = False
-        live = self.live if self.live is not None and self.live.role is Role.LIVE else None
+        live = self.live if self.live is not None and (
+            self.live.role is Role.LIVE or handover is not None) else None
         for gen in self.generations.values():
             if gen.alive and (gen is not live or not self.graceful_stop):
                 self._end(gen, self.settings.drain.stop_grace_s)
-        if live is not None and live.alive and self.graceful_stop and \
+        if live is not None and live.alive and self.graceful_stop and handover is not None:
+            self.shutdown_window = handover
+            log.info("epoch %d: stopping while handing over: its drain goes on (%.1fs left)",
+                     live.epoch, handover.time_left(self.clock.monotonic()))
+        elif live is not None and live.alive and self.graceful_stop and \
                 self.shutdown_window is None:
             self.shutdown_window = DrainWindow(self.settings.drain, self.clock.monotonic())
             try:
