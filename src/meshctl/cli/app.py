@@ -204,8 +204,33 @@ def upgrade(
         "--skip-preflight", help="Do not run the new binary to check it and the config first.")
     ] = False,
     out: OutputOpt = output.Format.TEXT,
+    pod: Annotated[str | None, typer.Option(
+        "--pod", help="Pod mode: swap the proxy image inside this running pod (two proxy "
+                      "slots, see `meshctl inject`); --timeout bounds the new slot's start.")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", "-n", help="Pod mode: the pod's namespace (default: the context's).")
+    ] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Pod mode: the new proxy image.")
+    ] = None,
+    context: Annotated[str | None, typer.Option("--context", help="Pod mode: kubeconfig context.")
+    ] = None,
+    kubeconfig: Annotated[Path | None, typer.Option(
+        "--kubeconfig", help="Pod mode: kubeconfig file (default: $KUBECONFIG, ~/.kube/config "
+                             "or the in-cluster service account).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Pod mode: print the plan and the patches; change nothing.")] = False,
 ) -> None:
-    """Hot-upgrade the running Envoy to a new binary and/or config (a new generation)."""
+    """Hot-upgrade the running Envoy to a new binary and/or config (a new generation).
+
+    With --pod NAME --image REF: swap the proxy image inside a running pod instead."""
+    if pod is not None or image is not None:
+        from meshctl.cli import pod as pod_cli  # noqa: PLC0415  (keeps `status` fast)
+
+        pod_cli.upgrade_pod(pod=pod, namespace=namespace, image=image, context=context,
+                            kubeconfig=kubeconfig, dry_run=dry_run, timeout_s=timeout_s,
+                            out=out, envoy=envoy, config=config)
+        return
     sd = _state_dir(state_dir, slot)
     request: dict[str, Any] = {}
     if (settings is not None or drain_min_s is not None or drain_max_s is not None
@@ -282,3 +307,8 @@ def _setup_logging(level: str) -> None:
 
 def main() -> None:
     app()
+
+
+from meshctl.cli import pod as _pod  # noqa: E402
+
+_pod.register(app)

@@ -1,3 +1,11 @@
 """The image swap in a pod: two proxy slots, the new image started in the standby slot, a hot
-restart across the two containers, the old slot returned to standby. (Filled by the pod image
-swap issue.)"""
+restart across the two containers, the old slot returned to standby.
+
+  layout     the pod layout contract: slot names, args, ports, volumes, annotations
+  reference  image references: validation and comparison (pure)
+  inject     `meshctl inject`: manifests in, the two slots added (pure)
+  plan       which slot is live, pre-flight, progress, the JSON patches (pure)
+  kube       the only module that talks to Kubernetes; API errors as meshctl errors
+  swap       `meshctl upgrade --pod`: the steps, the Events, the rollback
+  standby    `meshctl standby`: what a slot runs while it stands by
+"""

@@ -1,0 +1,150 @@
+"""The pod commands: `meshctl inject`, `meshctl standby`, and the pod mode of `meshctl upgrade`
+(`--pod NAME`, called from `meshctl.cli.app.upgrade`). Thin, like the rest of the CLI.
+
+The `kubernetes` client is imported only when a command needs it, so that `meshctl status`
+and the supervisor stay fast to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from meshctl import errors
+from meshctl.cli import output
+from meshctl.images import layout
+
+
+def inject(
+    filename: Annotated[str, typer.Option(
+        "--filename", "-f", help="The manifest (YAML, several documents allowed); - for stdin.")],
+    image: Annotated[str, typer.Option(
+        "--image", help="The proxy image (ENTRYPOINT `meshctl run`) of the active slot a.")],
+    standby_image: Annotated[str, typer.Option(
+        "--standby-image", help="The standby image (ENTRYPOINT `meshctl standby`) of slot b.")
+    ] = layout.DEFAULT_STANDBY_IMAGE,
+    native_sidecars: Annotated[bool, typer.Option(
+        "--native-sidecars", help="Slots as native sidecars (initContainers with "
+                                  "restartPolicy: Always; Kubernetes >= 1.29).")] = False,
+    config_map: Annotated[str | None, typer.Option(
+        "--config-map", help="ConfigMap with envoy.yaml, mounted at /etc/meshctl (default: "
+                             "the proxy image's own /etc/meshctl/envoy.yaml).")] = None,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Re-inject objects that already have the slots (default: refuse "
+                          "them).")] = False,
+) -> None:
+    """Add the two proxy slots to Pods, Deployments, StatefulSets and DaemonSets.
+
+    Prints the result on stdout (like `istioctl kube-inject`); other documents pass through
+    unchanged, and an object that already has the slots is refused unless --replace."""
+    from meshctl.images.inject import InjectOptions, inject_manifest  # noqa: PLC0415
+
+    text = _read_manifest(filename)
+    result = inject_manifest(
+        text, InjectOptions(image=image, standby_image=standby_image,
+                            native_sidecars=native_sidecars, config_map=config_map,
+                            replace=replace),
+        source="<stdin>" if filename == "-" else filename)
+    for note in result.notes:
+        typer.echo(f"meshctl inject: {note}", err=True)
+    typer.echo(result.text, nl=False)
+
+
+def standby(
+    ctx: typer.Context,
+    slot: Annotated[str | None, typer.Option("--slot", help="The slot (a or b), for logs.")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="Accepted for the slot contract; a standby slot keeps no state.")
+    ] = None,
+    health: Annotated[str, typer.Option(
+        "--health-address", envvar="MESHCTL_HEALTH_ADDRESS",
+        help="HOST:PORT of /healthz/ready (always 200) and /healthz/live; `off` disables it.")
+    ] = "127.0.0.1:15021",
+) -> None:
+    """Stand by in a proxy slot: serve the health port, exit 0 on SIGTERM.
+
+    The standby image's ENTRYPOINT; any other argument (those of `meshctl run`) is ignored."""
+    from meshctl.images.standby import run_standby  # noqa: PLC0415
+    from meshctl.manager.runner import parse_health_address  # noqa: PLC0415
+
+    del ctx, state_dir  # the slot contract passes them; a standby slot has no use for them
+    code = run_standby(slot, parse_health_address(health),
+                       ready_line=lambda line: typer.echo(line, err=True))
+    raise typer.Exit(int(code))
+
+
+def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
+                context: str | None, kubeconfig: Path | None, dry_run: bool, timeout_s: float,
+                out: output.Format, envoy: str | None = None,
+                config: Path | None = None) -> None:
+    """`meshctl upgrade --pod NAME --image REF`: swap the proxy image inside a running pod."""
+    if pod is None or image is None:
+        raise errors.BadInput("the pod mode of upgrade needs both --pod NAME and --image REF")
+    if envoy is not None or config is not None:
+        raise errors.BadInput("--envoy and --config do not apply with --pod: the image "
+                              "brings both")
+    if timeout_s <= 0:
+        raise errors.BadInput("--timeout must be positive")
+    from meshctl.images import kube, reference, swap  # noqa: PLC0415
+
+    reference.parse(image)
+    with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"), context=context) as api:
+        result = swap.upgrade_pod(
+            api, namespace or api.default_namespace, pod, image,
+            settings=swap.SwapSettings(timeout_s=timeout_s), dry_run=dry_run,
+            report=lambda line: output.note(line, out))
+    _print_result(result.to_dict(), out)
+    raise typer.Exit(int(result.exit_code))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the pod commands to the `meshctl` app."""
+    from meshctl.cli.app import cli_errors  # noqa: PLC0415  (app imports this module)
+
+    app.command(name="inject")(cli_errors(inject))
+    app.command(name="standby", context_settings={
+        "allow_extra_args": True, "ignore_unknown_options": True})(cli_errors(standby))
+
+
+def _print_result(record: dict[str, Any], out: output.Format) -> None:
+    if out is output.Format.JSON:
+        output.emit_json(record)
+        return
+    where = f"pod {record['namespace']}/{record['pod']}"
+    if record["result"] == "dry_run":
+        typer.echo(f"{where}: dry run: would upgrade slot {record['new_slot']} to "
+                   f"{record['to_image']}, then return slot {record['old_slot']} "
+                   f"({record['from_image']}) to standby")
+        typer.echo(json.dumps({"plan": record.get("plan"), "patches": record.get("patches")},
+                              indent=2, sort_keys=True))
+        return
+    line = f"{where}: {record['result']}: {record['from_image']} -> {record['image']}"
+    if record.get("new_slot") and record["result"] != "unchanged":
+        line += f" (slot {record['old_slot']} -> slot {record['new_slot']})"
+    typer.echo(line + f"; {record['api_requests']} API requests")
+    if record.get("error"):
+        typer.echo(f"  reason: {record['error']}")
+
+
+def _read_manifest(filename: str) -> str:
+    if filename == "-":
+        return sys.stdin.read()
+    try:
+        return Path(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise errors.BadInput(f"cannot read {filename}: {detail}") from exc
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    # KUBECONFIG may list several files; the client merges only when left to find it itself.
+    if not value or os.pathsep in value:
+        return None
+    return Path(value)

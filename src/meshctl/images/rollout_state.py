@@ -1,0 +1,158 @@
+"""A rollout's state, kept in the cluster, and the lifecycle of each pod in it.
+
+The state is one annotation on each pod the rollout touched, `meshctl.io/rollout`, written in
+the same JSON patch that changes the pod's images (so the record and the images never
+disagree):
+
+    {"id": "r-3f2a9c01d4", "image": "<target>", "state": "upgrading", "slot": "b",
+     "from": "<image before>", "cid": "<standby container before>", "canary": true,
+     "time": "<RFC 3339>", "reason": "..."}
+
+The id is derived from what the command asks (scope, selector, image), so running the same
+command again finds its own records and continues: pods already on the image are done, pods
+left mid-swap by a CLI that died are followed to the end, pods rolled back earlier count as
+failed (and are retried only when asked). No ConfigMap and no extra request: the pods are
+listed anyway.
+
+`PodPhase` is each pod's lifecycle in a run; `transition()` is the only way to change it and
+refuses a change the table does not allow. Pure.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from meshctl.images import layout
+from meshctl.images.layout import Slot
+
+ROLLOUT: str = "meshctl.io/rollout"
+"""The annotation holding a pod's rollout record (compact JSON)."""
+
+
+class PodPhase(enum.Enum):
+    PENDING = "pending"
+    """Selected and eligible; not started (yet)."""
+    UPGRADING = "upgrading"
+    """The new image is in the standby slot; waiting until it is started and ready."""
+    RETIRING = "retiring"
+    """The new slot serves; the old slot was set to the standby image; waiting for it."""
+    UPGRADED = "upgraded"
+    """Done: the new image serves, the old slot stands by."""
+    ALREADY_UPGRADED = "already_upgraded"
+    """The active slot ran the image before this run (an earlier run, or someone else)."""
+    ROLLED_BACK = "rolled_back"
+    """The new image failed: the standby slot was set back; the old slot kept serving."""
+    INTERRUPTED = "interrupted"
+    """Set back to standby at the deadline or on a signal, before it was ready; a later run
+    starts it again (not a failure of the image)."""
+    INCOMPLETE = "incomplete"
+    """The new image serves, but the old slot did not stand by in time."""
+    FAILED = "failed"
+    """Could not be upgraded nor rolled back (changed by someone else meanwhile, API error)."""
+    SKIPPED = "skipped"
+    """Not started: not ready, no proxy slots, refused by the pre-flight checks."""
+    GONE = "gone"
+    """Deleted while the rollout ran."""
+
+    @property
+    def terminal(self) -> bool:
+        return not TRANSITIONS[self]
+
+
+TRANSITIONS: Mapping[PodPhase, frozenset[PodPhase]] = {
+    PodPhase.PENDING: frozenset({PodPhase.UPGRADING, PodPhase.SKIPPED, PodPhase.FAILED,
+                                 PodPhase.ALREADY_UPGRADED, PodPhase.GONE}),
+    PodPhase.UPGRADING: frozenset({PodPhase.RETIRING, PodPhase.ROLLED_BACK,
+                                   PodPhase.INTERRUPTED, PodPhase.FAILED, PodPhase.GONE}),
+    PodPhase.RETIRING: frozenset({PodPhase.UPGRADED, PodPhase.INCOMPLETE, PodPhase.GONE}),
+    PodPhase.UPGRADED: frozenset(),
+    PodPhase.ALREADY_UPGRADED: frozenset(),
+    PodPhase.ROLLED_BACK: frozenset(),
+    PodPhase.INTERRUPTED: frozenset(),
+    PodPhase.INCOMPLETE: frozenset(),
+    PodPhase.FAILED: frozenset(),
+    PodPhase.SKIPPED: frozenset(),
+    PodPhase.GONE: frozenset(),
+}
+
+FAILURES: frozenset[PodPhase] = frozenset({PodPhase.ROLLED_BACK, PodPhase.INCOMPLETE,
+                                           PodPhase.FAILED})
+"""Outcomes that count against --max-failures and make the exit code 1."""
+
+PERSISTED: frozenset[PodPhase] = frozenset({PodPhase.UPGRADING, PodPhase.UPGRADED,
+                                            PodPhase.ROLLED_BACK, PodPhase.INTERRUPTED})
+"""The states a record can hold (each written with the patch that makes it true)."""
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: the rollout tried a change of phase the table does not allow."""
+
+
+def transition(current: PodPhase, new: PodPhase) -> PodPhase:
+    if new not in TRANSITIONS[current]:
+        raise IllegalTransition(f"a pod cannot go from {current.value} to {new.value}")
+    return new
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One pod's record of the rollout that touched it last."""
+
+    id: str
+    image: str
+    state: PodPhase
+    slot: Slot
+    """The slot the new image went into."""
+    from_image: str
+    """The image the other slot served before."""
+    container_id: str | None
+    """The standby container's id before the swap: the new image runs in another one."""
+    canary: bool
+    time: str
+    reason: str | None = None
+
+    def encode(self) -> str:
+        record: dict[str, Any] = {"id": self.id, "image": self.image, "state": self.state.value,
+                                  "slot": self.slot, "from": self.from_image,
+                                  "cid": self.container_id, "canary": self.canary,
+                                  "time": self.time}
+        if self.reason:
+            record["reason"] = self.reason[:300]
+        return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+    def moved(self, state: PodPhase, time: str, reason: str | None = None) -> RolloutRecord:
+        if state not in PERSISTED:
+            raise IllegalTransition(f"{state.value} is not a state a record holds")
+        return replace(self, state=state, time=time, reason=reason)
+
+
+def decode(annotations: Mapping[str, str] | None) -> RolloutRecord | None:
+    """The pod's record, or None when it has none or one this version cannot read."""
+    text = (annotations or {}).get(ROLLOUT)
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+        state = PodPhase(raw["state"])
+        slot = raw["slot"]
+        if state not in PERSISTED or slot not in layout.SLOTS:
+            return None
+        cid = raw.get("cid")
+        return RolloutRecord(id=str(raw["id"]), image=str(raw["image"]), state=state,
+                             slot=slot, from_image=str(raw["from"]),
+                             container_id=str(cid) if cid else None,
+                             canary=bool(raw.get("canary")), time=str(raw.get("time") or ""),
+                             reason=raw.get("reason"))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def rollout_id(namespace: str | None, selector: str, image: str) -> str:
+    """Stable for the same command: scope, canonical selector and normalized image."""
+    key = json.dumps([namespace or "*", selector, image], separators=(",", ":"))
+    return "r-" + hashlib.sha256(key.encode()).hexdigest()[:10]

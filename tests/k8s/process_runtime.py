@@ -1,0 +1,126 @@
+"""A runtime for the fake kubelet that runs real processes: the proxy image is `meshctl run`
+with a real Envoy, the standby image is `meshctl standby`, as their Dockerfiles' ENTRYPOINTs
+say (deploy/images/). Readiness is the container's own readiness probe: GET /healthz/ready on
+its health port.
+
+The pod's paths and ports are mapped to this machine: the emptyDir to a temp dir shared by the
+pod's containers, /etc/meshctl/envoy.yaml to the test's Envoy config, and each slot's health
+port to a free loopback port. Every process gets its own session and is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import free_port
+
+IDLE = [sys.executable, "-c",
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "time.sleep(3600)\n"]
+
+
+@dataclass
+class _Proc:
+    popen: subprocess.Popen[bytes]
+    health_port: int | None
+    log: Path
+
+
+class ProcessRuntime:
+    def __init__(self, root: Path, images: Mapping[str, list[str]], config: Path) -> None:
+        """`images`: image reference -> the command its ENTRYPOINT runs (args are appended);
+        other images (the application) run an idle process, always ready."""
+        self.root = root
+        self.images = dict(images)
+        self.config = config
+        self.procs: dict[str, _Proc] = {}
+        self._ids = itertools.count(1)
+        self._ports: dict[tuple[str, str], int] = {}
+
+    def pod_dir(self, pod: str) -> Path:
+        return self.root / pod
+
+    def health_port(self, pod: str, container: str) -> int:
+        """The same loopback port for a container across its restarts, as the pod's port."""
+        return self._ports.setdefault((pod, container), free_port())
+
+    def start(self, pod: Mapping[str, Any], container_name: str, image: str,
+              args: Sequence[str]) -> str:
+        name = str(pod["metadata"]["name"])
+        container_id = f"proc-{next(self._ids):08d}"
+        log = self.root / f"{name}-{container_name}-{container_id}.log"
+        entry = self.images.get(image)
+        port: int | None = None
+        if entry is None:
+            argv = IDLE
+        else:
+            port = self.health_port(name, container_name)
+            argv = [*entry, *self._local(list(args), name, port)]
+        self.root.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[container_id] = _Proc(popen, port, log)
+        return container_id
+
+    def _local(self, args: list[str], pod: str, port: int) -> list[str]:
+        mapped = []
+        values = iter(args)
+        for arg in values:
+            if arg == "--state-dir":
+                mapped += [arg, str(self.pod_dir(pod)), ]
+                next(values)
+            elif arg == "--config":
+                mapped += [arg, str(self.config)]
+                next(values)
+            elif arg == "--health-address":
+                mapped += [arg, f"127.0.0.1:{port}"]
+                next(values)
+            else:
+                mapped.append(arg)
+        return [*mapped, "--drain-min-s", "0.5"] if "--slot" in mapped else mapped
+
+    def stop(self, container_id: str) -> None:
+        proc = self.procs.get(container_id)
+        if proc is None or proc.popen.poll() is not None:
+            return
+        proc.popen.send_signal(signal.SIGTERM)
+        try:
+            proc.popen.wait(timeout=60)  # the pod's terminationGracePeriodSeconds
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.popen.kill()
+            proc.popen.wait()
+
+    def ready(self, container_id: str) -> bool:
+        proc = self.procs.get(container_id)
+        if proc is None or proc.popen.poll() is not None:
+            return False
+        if proc.health_port is None:
+            return True
+        conn = http.client.HTTPConnection("127.0.0.1", proc.health_port, timeout=1)
+        try:
+            conn.request("GET", "/healthz/ready")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def exited(self, container_id: str) -> int | None:
+        proc = self.procs.get(container_id)
+        return None if proc is None else proc.popen.poll()
+
+    def stop_all(self) -> None:
+        for container_id in list(self.procs):
+            self.stop(container_id)
