@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 from kubernetes import client as k8s
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from meshctl.cli.app import app
 from meshctl.images.inject import InjectOptions, inject_object

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from click.testing import Result
 from kubernetes import client as k8s
+from typer.testing import Result
 
 from meshctl.exitcodes import ExitCode
 from tests.k8s.apiserver import ApiServer, Fault

@@ -163,15 +163,19 @@ def _same(pid: int, create_time: float | None) -> bool:
 
 
 def _only_child(pid: int, timeout_s: float) -> tuple[int, float] | None:
-    """The keeper's child, once it has forked it."""
+    """The keeper's child, once it has forked it; None at once if the keeper is already gone
+    (a binary that cannot start: dumb-init then exits, a zombie until we reap it)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            children = psutil.Process(pid).children()
+            keeper = psutil.Process(pid)
+            children = keeper.children()
+            if children:
+                return children[0].pid, children[0].create_time()
+            if keeper.status() == psutil.STATUS_ZOMBIE:
+                return None
         except psutil.Error:
             return None
-        if children:
-            return children[0].pid, children[0].create_time()
         time.sleep(0.002)
     return None
 

@@ -36,6 +36,9 @@ class SupervisorSettings:
     """How long a generation may take to reach LIVE before it counts as failed."""
     tick_s: float = 0.1
     """The main loop's period when nothing wakes it earlier."""
+    idle_tick_s: float = 0.5
+    """The period in steady state (RUNNING, IDLE), when only sampling is due: signals, child
+    exits and control requests wake the loop at once whatever the period."""
     extra_args: tuple[str, ...] = ()
     """Extra Envoy arguments, after `--` on the command line."""
     keeper: Path | None = None

@@ -72,7 +72,7 @@ _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 # zero readings in a row end it) and in steady state (for status only). A reading walks the
 # kernel's whole TCP table: ~20 ms with 40k TIME_WAIT entries here.
 _DRAIN_SAMPLE_S = 0.25
-_CONNECTION_SAMPLE_S = 2.0
+_CONNECTION_SAMPLE_S = 5.0
 _POD_CHECK_S = 0.25  # how often a slot's supervisor reads the pod ledger
 _SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
                              Phase.ROLLING_BACK, Phase.RECOVERING})
@@ -150,7 +150,9 @@ class Supervisor:
                 self._start_generation(no_parent_ok=False)
             self._publish()
             while self.phase is not Phase.STOPPED:
-                self._wait(self.settings.tick_s)
+                self._wait(self.settings.idle_tick_s
+                           if self.phase in (Phase.RUNNING, Phase.IDLE) and not self.stoppers
+                           else self.settings.tick_s)
                 self._handle_signals()
                 self._handle_commands()
                 self._reap()
@@ -901,6 +903,7 @@ class Supervisor:
     def _step_running(self) -> None:
         for stopper in self.stoppers.values():
             stopper.tick()
+        self.stoppers = {e: s for e, s in self.stoppers.items() if s.step is not StopStep.DONE}
         live = self.live
         assert live is not None
         if not live.alive:
