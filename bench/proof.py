@@ -30,6 +30,7 @@ from benchlib import (
     OLD_ENVOY,
     binary_version,
     check_binary,
+    compile_meshctl,
     finish_machine_info,
     log,
     machine_info,
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> in
     if unknown:
         sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     started = time.monotonic()
+    compile_meshctl()
     machine = machine_info()
     log(f"Envoy {versions['old']} -> {versions['new']}; scenarios {keys}; load average "
         f"{machine['loadavg_at_start']}")

@@ -1,5 +1,5 @@
 """`python -m meshctl` is the same as the `meshctl` command."""
 
-from meshctl.cli.app import main
+from meshctl.cli.entry import main
 
 main()

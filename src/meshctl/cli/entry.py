@@ -1,0 +1,26 @@
+"""The `meshctl` console script: lower the client's priority, then load the typer app.
+
+Kept apart from `meshctl.cli.app` on purpose: importing the app (typer, pydantic, the
+Kubernetes planning code) is most of a client command's CPU, and it should already run at the
+lowered priority (see `meshctl.cli.priority`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from meshctl.cli import priority
+from meshctl.exitcodes import ExitCode
+
+
+def main() -> None:
+    try:
+        priority.lower_priority(priority.wanted_nice(sys.argv, os.environ))
+    except priority.BadNice as exc:
+        print(f"meshctl: error: {exc}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.BAD_INPUT)) from None
+
+    from meshctl.cli.app import main as app_main  # noqa: PLC0415  (after the priority change)
+
+    app_main()
