@@ -11,6 +11,7 @@ start, old generation gone (meshctl's upgrade record; the naive arm's own timing
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,9 @@ def plot_scenario(title: str, arms: Mapping[str, Mapping[str, Any]], out: Path,
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center",
                    ncol=min(6, len(handles)), fontsize=8, frameon=False)
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=12)
+    # Wrapped: a scenario's description is longer than the figure is wide.
+    fig.suptitle(title + (f"\n{textwrap.fill(subtitle, 150)}" if subtitle else ""),
+                 fontsize=12)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
