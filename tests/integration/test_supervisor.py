@@ -153,6 +153,7 @@ def test_status_json_reports_the_live_generation_and_the_state_file_survives(
     live = snap["live"]
     assert live["binary"] == str(envoy_new) and live["config"] == str(config)
     assert live["version"] == "1.40.0" and live["role"] == "live"
+    assert live["hot_restart_version"] == "11.104"  # the pre-flight compares against it
     assert snap["last_upgrade"]["result"] == "succeeded"
     saved = json.loads((meshctl.state_dir / "state.json").read_text())
     assert saved["live"]["pid"] == live["pid"] and saved["epoch"] == 1

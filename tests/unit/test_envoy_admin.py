@@ -257,7 +257,7 @@ def test_listener_ports_are_unavailable_when_the_admin_listener_is_gone(
 # ----------------------------------------------------------------- server info and drain
 
 
-def test_server_info_gives_the_version_state_and_restart_epoch(
+def test_server_info_gives_the_version_state_restart_epoch_and_hot_restart_version(
     client: AdminClient, admin_server: FakeAdmin
 ) -> None:
     admin_server.answer("GET", "/server_info", 200, json.dumps(SERVER_INFO))
@@ -265,6 +265,7 @@ def test_server_info_gives_the_version_state_and_restart_epoch(
     assert info.version == SERVER_INFO["version"]
     assert info.state == "LIVE"
     assert info.epoch == 2
+    assert info.hot_restart_version == "11.104"
 
 
 def test_server_info_is_unavailable_when_the_admin_api_refuses(

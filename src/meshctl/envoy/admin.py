@@ -24,6 +24,9 @@ class ServerInfo:
     state: str
     """LIVE, PRE_INITIALIZING, INITIALIZING or DRAINING."""
     epoch: int
+    hot_restart_version: str = ""
+    """The hot-restart protocol the running process speaks (`--hot-restart-version` of its
+    binary, as the process knows it: the file may have been replaced since)."""
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -79,6 +82,7 @@ class AdminClient:
         return ServerInfo(
             version=str(data.get("version", "")),
             state=str(data.get("state", "")),
+            hot_restart_version=str(data.get("hot_restart_version", "")),
             epoch=int(data.get("command_line_options", {}).get("restart_epoch", -1)),
         )
 

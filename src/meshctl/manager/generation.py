@@ -38,6 +38,9 @@ class Generation:
     live_mono: float | None = None
     live_wall: float | None = None
     version: str | None = None
+    hot_restart_version: str | None = None
+    """Read from its admin API at LIVE; spares the pre-flight and the recovery a run of the
+    binary."""
     listener_ports: frozenset[int] = field(default_factory=frozenset)
     connections: int | None = None
     """Last sampled count of open client connections on its listener ports."""
@@ -62,6 +65,7 @@ class Generation:
             "binary": str(self.binary),
             "config": str(self.config),
             "version": self.version,
+            "hot_restart_version": self.hot_restart_version,
             "started_at": self.started_wall,
             "listener_ports": sorted(self.listener_ports),
             "connections": self.connections,

@@ -7,12 +7,12 @@ supervisor is asked for anything, so that a bad binary or config changes nothing
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from meshctl import errors
-from meshctl.envoy.binary import check_executable, probe_binary, validate_config
+from meshctl.envoy.binary import BinaryInfo, check_executable, probe_binary, validate_config
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import call
 from meshctl.manager.state import StateDir
@@ -25,11 +25,17 @@ def status(state_dir: Path) -> dict[str, Any]:
     return call(StateDir(state_dir).control_socket, "status")
 
 
-def preflight(binary: Path, config: Path, running_binary: Path) -> dict[str, Any]:
+def preflight(binary: Path, config: Path, live: Mapping[str, Any]) -> dict[str, Any]:
     """The new binary runs, accepts the new config, and speaks the running one's hot-restart
-    version. Raises PreflightFailed (or BadInput) with the reason; starts nothing."""
+    version. Raises PreflightFailed (or BadInput) with the reason; starts nothing.
+
+    The running side is what the live generation said through its admin API at LIVE (the
+    status carries it): the process, not the file, which may have been replaced since; and
+    two runs of Envoy fewer (about 0.15 CPU-s, taken from the proxy's own CPU in a sidecar).
+    Only a supervisor that has not read it (adopted from an older state file) has the old
+    binary probed."""
     new = probe_binary(binary)
-    old = probe_binary(running_binary)
+    old = _running(live)
     if new.hot_restart_version != old.hot_restart_version:
         raise errors.PreflightFailed(
             f"hot-restart version mismatch: running {old.version} speaks "
@@ -38,6 +44,14 @@ def preflight(binary: Path, config: Path, running_binary: Path) -> dict[str, Any
         )
     validate_config(binary, config)
     return {"version": new.version, "hot_restart_version": new.hot_restart_version}
+
+
+def _running(live: Mapping[str, Any]) -> BinaryInfo:
+    binary = Path(live["binary"])
+    version, hot = live.get("version"), live.get("hot_restart_version")
+    if isinstance(version, str) and isinstance(hot, str) and version and hot:
+        return BinaryInfo(path=binary, version=version, hot_restart_version=hot)
+    return probe_binary(binary)
 
 
 def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bool,
@@ -59,7 +73,7 @@ def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bo
         config = config.absolute()
     new_config = config or Path(live["config"])
     if run_preflight:
-        preflight(binary, new_config, Path(live["binary"]))
+        preflight(binary, new_config, live)
     reply = call(sd.control_socket, "upgrade", binary=str(binary.absolute()),
                  config=str(new_config), **drain)
     record: dict[str, Any] = reply["upgrade"]

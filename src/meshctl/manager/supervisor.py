@@ -212,6 +212,7 @@ class Supervisor:
             log_path=Path(rec.get("log") or self.state.log_file(epoch)),
             started_mono=self.clock.monotonic(), started_wall=float(rec.get("started_at") or 0),
             version=rec.get("version"),
+            hot_restart_version=rec.get("hot_restart_version"),
             listener_ports=frozenset(int(p) for p in rec.get("listener_ports") or []),
         )
         log.warning("epoch %d: adopted running Envoy pid %d from a previous supervisor",
@@ -621,7 +622,7 @@ class Supervisor:
         """Why the old generation cannot be left as it is after a failed child (Trap 1)."""
         shm = self.files.shared_memory
         try:
-            version = probe_binary(old.binary).hot_restart_version
+            version = _hot_restart_version(old)
             if shm.exists() and sharedmem.clear_initializing(shm, version):
                 log.warning("cleared the stale INITIALIZING flag in %s", shm)
                 return "the failed generation left the hot-restart flag set"
@@ -652,7 +653,7 @@ class Supervisor:
         with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
             assert self.live is not None
             sharedmem.clear_initializing(
-                self.files.shared_memory, probe_binary(self.live.binary).hot_restart_version)
+                self.files.shared_memory, _hot_restart_version(self.live))
         self._finish_upgrade("rolled_back")
 
     def _keep_failed_log(self, failed: Generation, upgrade: Upgrade) -> None:
@@ -724,7 +725,9 @@ class Supervisor:
         gen.live_wall = self.clock.wall()
         gen.role = Role.LIVE
         try:
-            gen.set_version(gen.admin.server_info().version)
+            info = gen.admin.server_info()
+            gen.set_version(info.version)
+            gen.hot_restart_version = info.hot_restart_version or None
             gen.listener_ports = gen.admin.listener_ports()
         except (AdminUnavailable, ValueError) as exc:
             log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)
@@ -1097,3 +1100,8 @@ def _positive(raw: Any, default: float, what: str) -> float:
 def _last_log(gen: Generation) -> str:
     lines = tail(gen.log_path, lines=3)
     return " | ".join(lines) if lines else "(no log output)"
+
+
+def _hot_restart_version(gen: Generation) -> str:
+    """What the generation's Envoy speaks: as it said at LIVE, else from its binary."""
+    return gen.hot_restart_version or probe_binary(gen.binary).hot_restart_version
