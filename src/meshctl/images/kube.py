@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -50,6 +51,10 @@ _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 _GONE = 410
 _WATCH_MIN_S = 0.2
+_READER_JOIN_S = 2.0
+REFRESH_CREDENTIALS_EVERY_S = 10.0
+"""How often the kubeconfig's credentials are checked for renewal (the client would check
+before every request)."""
 
 
 class KubeError(MeshctlError):
@@ -219,8 +224,7 @@ class Kube:
                     if deadline.expired():
                         return None
             finally:
-                _abort(response)
-                reader.join(timeout=2.0)
+                _end_stream(response, reader)
             if time.monotonic() - opened < _WATCH_MIN_S:
                 time.sleep(min(_WATCH_MIN_S, deadline.remaining()))  # no tight reconnect loop
         return None
@@ -328,24 +332,68 @@ def connect(kubeconfig: Path | None = None, context: str | None = None,
                           + (f" (context {context})" if context else "") + f": {detail}") from exc
     # Retries are ours (tenacity, with backoff); urllib3's own would multiply them.
     configuration.retries = False
+    hook = getattr(configuration, "refresh_api_key_hook", None)
+    if hook is not None:
+        # The client's stub types the hook as None (it is an untyped callable).
+        throttled: Any = _Throttled(hook, REFRESH_CREDENTIALS_EVERY_S)
+        configuration.refresh_api_key_hook = throttled
     return Kube(k8s.ApiClient(configuration), default_namespace=namespace, settings=settings)
 
 
+class _Throttled:
+    """The kubeconfig loader's credential refresh hook, run at most once per `every_s`.
+
+    The client runs the hook before every request; it renews a token that expires within 5
+    minutes (exec plugins, OIDC) and then sets the host, certificates and proxy again, which
+    re-reads the whole environment for proxy variables: a quarter of the client's CPU per
+    request, for nothing in between renewals. Once per `every_s` (far below those 5 minutes)
+    still renews every token in time."""
+
+    def __init__(self, hook: Callable[[Any], None], every_s: float) -> None:
+        self._hook = hook
+        self._every_s = every_s
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self, configuration: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._every_s:
+                return
+            self._last = now
+            self._hook(configuration)
+            # The loader's hook installs a fresh hook of its own each time it runs.
+            fresh = getattr(configuration, "refresh_api_key_hook", None)
+            if fresh is not None and fresh is not self:
+                self._hook = fresh
+                configuration.refresh_api_key_hook = self
+
+
 def _pump(response: Any, lines: queue.Queue[str | None]) -> None:
-    """Move a watch stream's lines to a queue; None when it ends, however it ends."""
+    """Move a watch stream's lines to a queue; None when it ends, however it ends. The body of
+    a reader thread: it never raises (an exception would end the thread unseen)."""
     try:
         for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
             lines.put(line)
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         log.debug("kube: watch stream ended: %s", _short(exc))
+    except Exception as exc:  # the consumer sees the end; the log says why
+        log.warning("kube: watch stream reader failed: %s: %s", type(exc).__name__, _short(exc))
     finally:
         lines.put(None)
 
 
-def _abort(response: Any) -> None:
-    """End a watch stream now, even while its reader thread blocks on the socket."""
-    with contextlib.suppress(AttributeError, OSError):
-        response.shutdown()  # urllib3 >= 2.3: interrupts a blocked read
+def _end_stream(response: Any, reader: threading.Thread) -> None:
+    """End a watch stream and its reader thread, in that order: shut the socket down (a read
+    blocked in the reader returns at once), join the reader, and only then close the response.
+    Closing it first would pull the file from under a read in progress (http.client then
+    reads from None: an AttributeError in the reader thread)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError, RuntimeError):
+        # urllib3 >= 2.3; ValueError/RuntimeError: already closed or released (ended anyway).
+        response.shutdown()
+    reader.join(timeout=_READER_JOIN_S)
+    if reader.is_alive():
+        log.warning("kube: a watch reader did not stop within %.0fs", _READER_JOIN_S)
     response.close()
     response.release_conn()
 
