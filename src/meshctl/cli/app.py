@@ -312,3 +312,7 @@ def main() -> None:
 from meshctl.cli import pod as _pod  # noqa: E402
 
 _pod.register(app)
+
+from meshctl.cli import rollout as _rollout  # noqa: E402
+
+_rollout.register(app)

@@ -16,7 +16,14 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Self
 
-from meshctl.images.kube import Kube, KubeError, _abort, _Call, _from_status, _pump
+from meshctl.images.kube import (
+    Kube,
+    KubeError,
+    _Call,
+    _end_stream,
+    _from_status,
+    _pump,
+)
 
 _PAGE = 500
 _GONE = 410
@@ -89,8 +96,7 @@ class PodWatch:
         return None
 
     def close(self) -> None:
-        _abort(self._response)
-        self._reader.join(timeout=2.0)
+        _end_stream(self._response, self._reader)
 
     def __enter__(self) -> Self:
         return self

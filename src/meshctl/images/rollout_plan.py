@@ -11,6 +11,7 @@ the images and the state together.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,8 +116,9 @@ class RolloutSpec:
         if self.max_failures < 1:
             raise errors.BadInput("--max-failures must be at least 1")
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """Derived from scope, selector and image: the same command, the same rollout."""
         return rollout_id(self.namespace, str(self.selector),
                           reference.parse(self.image).normalized())
 
@@ -126,6 +128,22 @@ class RolloutSpec:
                 "canary": self.canary, "max_failures": self.max_failures,
                 "pause_after_canary": self.pause_after_canary,
                 "retry_failed": self.retry_failed}
+
+
+class EventPolicy(enum.Enum):
+    """Which pod outcomes get a Kubernetes Event (what `kubectl describe pod` shows)."""
+
+    ALL = "all"
+    FAILURES = "failures"
+    """Every pod that did not end upgraded: rolled back, incomplete, failed, interrupted.
+    The upgraded ones say so in their annotations; an Event each would be a third of the
+    rollout's requests, for news nobody needs to look at."""
+    NONE = "none"
+
+    def wants(self, phase: PodPhase) -> bool:
+        if self is EventPolicy.ALL:
+            return True
+        return self is EventPolicy.FAILURES and phase is not PodPhase.UPGRADED
 
 
 @dataclass(frozen=True)
@@ -138,6 +156,8 @@ class RolloutSettings:
     """How long to wait for a pod's old slot to stand by; past it the pod is `incomplete`."""
     start_attempts: int = 3
     """Patches tried per pod when its images changed between our read and our write."""
+    events: EventPolicy = EventPolicy.FAILURES
+    """Which pod outcomes are recorded as Kubernetes Events on the pod."""
 
 
 @dataclass(frozen=True)
@@ -385,13 +405,14 @@ def start_ops(pod: Mapping[str, Any], swap: SwapPlan, record: RolloutRecord) -> 
         ROLLOUT: record.encode()})
 
 
-def retire_ops(pod: Mapping[str, Any], swap: SwapPlan, record: RolloutRecord,
-               time: str) -> JsonPatch:
-    """The old slot to standby, the annotations switched, the record `upgraded`: only if the
-    new slot is still ready in the container we saw ready (the handover check, in the same
-    request: no re-read)."""
+def retire_ops(pod: Mapping[str, Any], swap: SwapPlan, record: RolloutRecord, time: str, *,
+               guard: bool = True) -> JsonPatch:
+    """The old slot to standby, the annotations switched, the record `upgraded`; with `guard`,
+    only if the new slot is still ready in the container we saw ready (the handover check,
+    in the same request: no re-read)."""
     done = record.moved(PodPhase.UPGRADED, time)
-    return plan.retire_patch(swap) + handover_guard(pod, swap) + _annotations(pod, {
+    tests = handover_guard(pod, swap) if guard else []
+    return plan.retire_patch(swap) + tests + _annotations(pod, {
         **plan.switched_annotations(swap),
         layout.LAST_UPGRADE: plan.last_upgrade(swap, "succeeded", time),
         ROLLOUT: done.encode()})
@@ -432,10 +453,9 @@ def _annotations(pod: Mapping[str, Any], changes: Mapping[str, str]) -> JsonPatc
 # ----------------------------------------------------------------- progress and stopping
 
 
-def decide(phase: PodPhase, pod: Mapping[str, Any], swap: SwapPlan,
+def decide(phase: PodPhase, view: plan.PodView, swap: SwapPlan,
            generation: int | None) -> Decision:
-    """What the pod's latest state asks for in `phase`."""
-    view = plan.pod_view(pod)
+    """What the pod's latest state (`plan.pod_view` of it) asks for in `phase`."""
     if before_our_write(view, phase, swap):
         return Decision(Action.WAIT, "the pod does not show our change yet")
     if phase is PodPhase.UPGRADING:
@@ -530,3 +550,73 @@ def tally(phases: Iterable[PodPhase]) -> Counts:
 
 def _without_label(message: str, key: PodKey) -> str:
     return message.removeprefix(f"{label(key)}: ").removeprefix(f"{label(key)} ")
+
+
+# ----------------------------------------------------------------- `meshctl rollout status`
+
+
+def status_summary(pods: Iterable[Mapping[str, Any]], namespace: str | None,
+                   selector: Selector | None) -> dict[str, Any]:
+    """The rollouts the pods' records tell of, and which image each pod's active slot runs."""
+    images: dict[str, int] = {}
+    rollouts: dict[str, dict[str, Any]] = {}
+    total = without_slots = 0
+    for pod in sorted(pods, key=key_of):
+        metadata = pod.get("metadata") or {}
+        if namespace is not None and metadata.get("namespace") != namespace:
+            continue
+        if selector is not None and not selector.matches(metadata.get("labels")):
+            continue
+        total += 1
+        if not has_slots(pod):
+            without_slots += 1
+            continue
+        live = _live_image(pod)
+        images[live] = images.get(live, 0) + 1
+        record = decode(metadata.get("annotations"))
+        if record is None:
+            continue
+        entry = rollouts.setdefault(record.id, {
+            "id": record.id, "image": record.image, "states": {}, "canary_pods": 0,
+            "last_change": "", "pods": []})
+        entry["states"][record.state.value] = entry["states"].get(record.state.value, 0) + 1
+        entry["canary_pods"] += int(record.canary)
+        entry["last_change"] = max(entry["last_change"], record.time)
+        ns, name = key_of(pod)
+        entry["pods"].append({"namespace": ns, "pod": name, "state": record.state.value,
+                              "canary": record.canary, "time": record.time,
+                              "reason": record.reason})
+    with_slots = total - without_slots
+    for entry in rollouts.values():
+        on_image = sum(n for image, n in images.items()
+                       if reference.same_image(image, entry["image"]))
+        entry["pods_on_image"] = on_image
+        entry["pods_not_on_image"] = with_slots - on_image
+        entry["summary"] = _rollout_summary(entry)
+    return {"namespace": namespace, "selector": str(selector) if selector else None,
+            "pods": total, "pods_with_slots": with_slots, "pods_without_slots": without_slots,
+            "active_images": dict(sorted(images.items())),
+            "rollouts": sorted(rollouts.values(), key=lambda e: e["last_change"],
+                               reverse=True)}
+
+
+def _live_image(pod: Mapping[str, Any]) -> str:
+    try:
+        live, _ = plan.live_and_standby(plan.pod_view(pod))
+    except errors.PreflightFailed:
+        return "(unknown: the slots are not one live and one standby)"
+    return live.image
+
+
+def _rollout_summary(entry: Mapping[str, Any]) -> str:
+    states: Mapping[str, int] = entry["states"]
+    if states.get(PodPhase.UPGRADING.value):
+        return (f"in progress, or stopped mid-swap: {states[PodPhase.UPGRADING.value]} pod(s) "
+                f"upgrading; run the command again to continue")
+    if states.get(PodPhase.ROLLED_BACK.value):
+        return f"{states[PodPhase.ROLLED_BACK.value]} pod(s) rolled back"
+    if not entry["pods_not_on_image"]:
+        return "complete: every pod with proxy slots runs the image"
+    if entry["canary_pods"] and entry["canary_pods"] == sum(states.values()):
+        return "the canary is done; the rest not started (paused after the canary?)"
+    return f"{entry['pods_not_on_image']} pod(s) not on the image yet"

@@ -1,0 +1,798 @@
+"""`meshctl rollout`: the proxy image of every pod of a label selector, upgraded in place, in
+batches. Where the fleet is driven; each pod's swap is the in-pod swap of
+`meshctl.images.swap`, done here in fewer requests:
+
+    list the selector's pods (one request per 500) -> select and plan (rollout_plan) ->
+    one watch on the selector -> batch by batch:
+        patch each pod: the new image into its standby slot and the rollout's record
+            (one request; `test`s on both slots) -> follow every pod on the one watch ->
+        ready: one patch returns the old slot to standby, switches the annotations and marks
+            the record upgraded, only if the new container is still the ready one (the
+            handover check inside the same request) -> the old slot stands by: done
+        not ready in time, or failed for good: one patch sets the standby slot back
+        an Event for each pod that did not end upgraded (--events: all, failures, none)
+    -> after each batch: stop after --max-failures, a failed canary, or pause after it
+
+So an upgraded pod costs 2 requests (start, retire), a rolled back one 3 (start, roll back,
+Event), plus a share of the list and the watch. Only the main thread makes requests, so each
+pod's count is exact; a thread reads the watch stream into a queue. Every wait is bounded by
+the pod's deadline, the rollout's deadline (--timeout) and a short tick that notices a
+signal. At the deadline or on
+a signal, pods whose new slot is not ready yet are set back (`interrupted`: a later run
+starts them again); pods already handing over finish on their own.
+
+The state lives in the pods (`meshctl.images.rollout_state`): running the same command again
+continues where the last run stopped, whatever stopped it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from meshctl import errors
+from meshctl.clock import Clock, Deadline, SystemClock
+from meshctl.images import plan
+from meshctl.images import rollout_plan as rp
+from meshctl.images.kube import Conflict, Forbidden, KubeError, NotFound
+from meshctl.images.kube_fleet import FleetKube, PodEvent, PodWatch, WatchExpired
+from meshctl.images.plan import SwapPlan
+from meshctl.images.rollout_plan import (
+    Action,
+    Batch,
+    BatchKind,
+    Counts,
+    PodKey,
+    RolloutResult,
+    RolloutSettings,
+    RolloutSpec,
+    StopRule,
+)
+from meshctl.images.rollout_state import (
+    FAILURES,
+    PodPhase,
+    RolloutRecord,
+    decode,
+    transition,
+)
+from meshctl.images.selector import Selector
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Emit = Callable[[dict[str, Any]], None]
+"""Takes one progress event (`{"event": "pod_started", ...}`); the CLI renders it."""
+
+TICK_S = 0.2
+"""The longest the loop waits without looking at the stop flag."""
+_BURST = 64
+"""Events taken in at most, once one arrived, before the deadlines are looked at again."""
+_IN_FLIGHT = frozenset({PodPhase.UPGRADING, PodPhase.RETIRING})
+_RECONNECT_MIN_S = 0.2
+
+EVENT_REASONS = {
+    PodPhase.UPGRADED: ("MeshctlRolloutUpgraded", False),
+    PodPhase.ROLLED_BACK: ("MeshctlRolloutRolledBack", True),
+    PodPhase.INTERRUPTED: ("MeshctlRolloutInterrupted", False),
+    PodPhase.INCOMPLETE: ("MeshctlRolloutIncomplete", True),
+    PodPhase.FAILED: ("MeshctlRolloutFailed", True),
+}
+"""The one Kubernetes Event of each pod outcome: (reason, warning)."""
+
+
+class NothingSelected(errors.PreflightFailed):
+    """No pod matched the selector: refused (a typo in a selector must not pass as done)."""
+
+
+class StopFlag:
+    """Set by a signal handler, which does nothing else; the loop reads it."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signal = signum
+
+
+@dataclass
+class PodRun:
+    """One selected pod in this run."""
+
+    key: PodKey
+    phase: PodPhase
+    batch: int | None = None
+    canary: bool = False
+    resumed: bool = False
+    swap: SwapPlan | None = None
+    record: RolloutRecord | None = None
+    generation: int | None = None
+    deadline: Deadline | None = None
+    started_s: float | None = None
+    ended_s: float | None = None
+    requests: int = 0
+    """API requests made for this pod (its patches, a re-read on conflict, its Event)."""
+    detail: str = ""
+    reason_code: str | None = None
+    retire_tries: int = 0
+    planned_version: str | None = None
+    """The resourceVersion `swap` was planned from: unchanged at the start, no re-plan."""
+
+    def to_dict(self) -> dict[str, Any]:
+        swap = self.swap
+        record: dict[str, Any] = {
+            "namespace": self.key[0], "pod": self.key[1], "result": self.phase.value,
+            "batch": self.batch, "canary": self.canary, "api_requests": self.requests,
+            "from_image": swap.from_image if swap else None,
+            "to_image": swap.to_image if swap else None,
+            "from_slot": swap.old_slot if swap else None,
+            "to_slot": swap.new_slot if swap else None,
+            "duration_s": (round(self.ended_s - self.started_s, 3)
+                           if self.started_s is not None and self.ended_s is not None
+                           else None),
+            "detail": self.detail or None,
+        }
+        if self.resumed:
+            record["resumed"] = True
+        if self.reason_code:
+            record["reason_code"] = self.reason_code
+        return record
+
+
+@dataclass
+class RolloutReport:
+    spec: RolloutSpec
+    result: RolloutResult
+    message: str
+    counts: Counts
+    pods: list[PodRun]
+    batches: list[Batch]
+    api_requests: int
+    pod_requests: int
+    watch_connections: int
+    elapsed_s: float
+    cpu_s: float
+    plan: dict[str, Any] | None = None
+    batch_outcomes: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> rp.RolloutExit:
+        return self.result.exit_code
+
+    @property
+    def started(self) -> int:
+        return sum(1 for p in self.pods if p.started_s is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        started = self.started
+        record: dict[str, Any] = {
+            "rollout": self.spec.describe(),
+            "result": self.result.value, "exit_code": int(self.exit_code),
+            "message": self.message, "counts": self.counts.to_dict(),
+            "batches": [{"index": b.index, "kind": b.kind.value,
+                         "pods": [f"{ns}/{name}" for ns, name in b.pods],
+                         **({"outcome": self.batch_outcomes[b.index]}
+                            if b.index in self.batch_outcomes else {})}
+                        for b in self.batches],
+            "pods": [p.to_dict() for p in self.pods],
+            "api_requests": {
+                "total": self.api_requests,
+                "per_pod": round(self.api_requests / started, 2) if started else None,
+                "pods_started": started,
+                "for_pods": self.pod_requests,
+                "list_and_watch": self.api_requests - self.pod_requests,
+                "watch_connections": self.watch_connections,
+            },
+            "elapsed_s": round(self.elapsed_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+        }
+        if self.plan is not None:
+            record["plan"] = self.plan
+        return record
+
+
+def run_rollout(kube: FleetKube, spec: RolloutSpec, settings: RolloutSettings | None = None, *,
+                dry_run: bool = False, emit: Emit | None = None, clock: Clock | None = None,
+                stop: StopFlag | None = None) -> RolloutReport:
+    """Run (or with `dry_run`, plan) the rollout. Raises a MeshctlError only when refused
+    before any pod was changed (the CLI's exit code 3); everything after is in the report."""
+    return _Rollout(kube, spec, settings or RolloutSettings(), emit or (lambda _e: None),
+                    clock or SystemClock(), stop or StopFlag()).run(dry_run=dry_run)
+
+
+class _Rollout:
+    def __init__(self, kube: FleetKube, spec: RolloutSpec, settings: RolloutSettings,
+                 emit: Emit, clock: Clock, stop: StopFlag) -> None:
+        self.kube = kube
+        self.spec = spec
+        self.settings = settings
+        self.emit_event = emit
+        self.clock = clock
+        self.stop = stop
+        self.t0 = clock.monotonic()
+        self.cpu0 = time.process_time()
+        self.requests0 = kube.requests
+        self.deadline = (Deadline(clock, settings.timeout_s) if settings.timeout_s is not None
+                         else None)
+        self.runs: dict[PodKey, PodRun] = {}
+        self.latest: dict[PodKey, dict[str, Any]] = {}
+        self.batches: list[Batch] = []
+        self.batch_outcomes: dict[int, dict[str, int]] = {}
+        self.watch: PodWatch | None = None
+        self.watch_opened_s = 0.0
+        self.watch_connections = 0
+        self.version: str | None = None
+        self.changed = 0
+        self.events_ok = True
+        self.deadline_hit = False
+        self.aborted: str | None = None
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, *, dry_run: bool) -> RolloutReport:
+        spec = self.spec
+        pods, self.version = self.kube.list_pods(spec.namespace, str(spec.selector))
+        selected = [p for p in pods if rp.matches(p, spec)]
+        selection = rp.select(selected, spec)
+        if not selection.selected:
+            where = (f"namespace {spec.namespace}" if spec.namespace is not None
+                     else "any namespace")
+            raise NothingSelected(f"no pod matches the selector {spec.selector} in {where}")
+        self.latest = {rp.key_of(p): p for p in selected}
+        self._enter(selection)
+        self.batches = rp.batches(selection, spec)
+        self._announce(selection, dry_run=dry_run)
+        if dry_run:
+            return self._report(RolloutResult.DRY_RUN, "dry run: nothing changed",
+                                plan=self._dry_run_plan(selection))
+        rule = rp.before_start(self._counts(), spec)
+        if rule.result is not None or not self.batches:
+            return self._finish(rule)
+        self._open_watch()
+        try:
+            rule = self._run_batches()
+        except KubeError as exc:
+            if self.changed == 0 and isinstance(exc, Forbidden | NotFound):
+                raise  # refused before any change (exit code 3)
+            self.aborted = f"the API failed midway: {exc}"
+            log.info("rollout: %s", self.aborted)
+            self._interrupt(f"API error: {exc}")
+            rule = StopRule(RolloutResult.FAILED, self.aborted)
+        except KeyboardInterrupt:
+            self.stop.request(signal.SIGINT)
+            self._interrupt("interrupted")
+            rule = StopRule()
+        finally:
+            if self.watch is not None:
+                self.watch.close()
+        return self._finish(rule)
+
+    def _enter(self, selection: rp.Selection) -> None:
+        """Every selected pod gets its run, in order."""
+        for target in selection.targets:
+            self.runs[target.key] = PodRun(target.key, PodPhase.PENDING, swap=target.swap,
+                                           resumed=target.resumed,
+                                           planned_version=_version(self.latest[target.key]))
+        for done in selection.already:
+            self.runs[done.key] = PodRun(
+                done.key, PodPhase.ALREADY_UPGRADED,
+                detail=("upgraded by an earlier run of this rollout" if done.by_this_rollout
+                        else "already ran the image"))
+        for skip in (*selection.skipped, *selection.failed_earlier):
+            phase = (PodPhase.ROLLED_BACK if skip.reason is rp.SkipReason.FAILED_EARLIER
+                     else PodPhase.SKIPPED)
+            self.runs[skip.key] = PodRun(skip.key, phase, detail=skip.detail,
+                                         reason_code=skip.reason.value)
+        self.runs = dict(sorted(self.runs.items()))
+
+    def _announce(self, selection: rp.Selection, *, dry_run: bool) -> None:
+        """The plan in one event, then the pods that will not be started, and why."""
+        self.emit_event({"event": "rollout_started", "rollout": self.spec.id,
+                         "image": self.spec.image, "selector": str(self.spec.selector),
+                         "namespace": self.spec.namespace, "dry_run": dry_run,
+                         "selected": selection.selected, "to_upgrade": len(selection.targets),
+                         "resumed": sum(1 for t in selection.targets if t.resumed),
+                         "already_upgraded": len(selection.already),
+                         "skipped": len(selection.skipped),
+                         "failed_earlier": len(selection.failed_earlier),
+                         "batches": len(self.batches)})
+        for run in self.runs.values():
+            if run.phase is PodPhase.ALREADY_UPGRADED:
+                self._emit("pod_upgraded", run, already=True)
+            elif run.phase is not PodPhase.PENDING:
+                self._emit("pod_skipped", run, reason_code=run.reason_code, reason=run.detail)
+
+    def _run_batches(self) -> StopRule:
+        for position, batch in enumerate(self.batches):
+            if self._stopping():
+                break
+            self._drain()
+            for key in batch.pods:
+                run = self.runs[key]
+                run.batch, run.canary = batch.index, batch.kind is BatchKind.CANARY
+                if run.phase is not PodPhase.PENDING:
+                    continue  # deleted meanwhile
+                if run.resumed:
+                    self._resume(run)
+                else:
+                    self._start(run)
+            self._follow(batch)
+            self._batch_done(batch)
+            if self._stopping():
+                break
+            canary_failed = batch.kind is BatchKind.CANARY and any(
+                self.runs[k].phase in FAILURES for k in batch.pods)
+            rule = rp.after_batch(batch, self._counts(), self.spec, canary_failed=canary_failed,
+                                  more=position < len(self.batches) - 1)
+            if rule.result is not None:
+                return rule
+        return StopRule()
+
+    def _follow(self, batch: Batch) -> None:
+        """Until every pod of the batch has an outcome (or the rollout must stop)."""
+        in_flight = [self.runs[k] for k in batch.pods]
+        while True:
+            in_flight = [r for r in in_flight if r.phase in _IN_FLIGHT]
+            if not in_flight:
+                return
+            if self._stopping():
+                self._interrupt(self._stop_reason())
+                return
+            event = self._next_event(self._wait_s(in_flight))
+            # The events already delivered are taken in a burst (bounded, so that a busy
+            # stream cannot hold off the deadlines), then the deadlines are looked at once.
+            taken = 0
+            while event is not None:
+                self._on_event(event)
+                taken += 1
+                event = self._next_event(0.0) if taken < _BURST else None
+            self._check_deadlines(in_flight)
+
+    def _wait_s(self, runs: Iterable[PodRun]) -> float:
+        wait = TICK_S
+        for run in runs:
+            if run.deadline is not None:
+                wait = min(wait, run.deadline.remaining())
+        if self.deadline is not None:
+            wait = min(wait, self.deadline.remaining())
+        return max(0.0, wait)
+
+    # ------------------------------------------------------------------ one pod
+
+    def _start(self, run: PodRun) -> None:
+        """Re-plan from the latest state, then one patch: image and record together."""
+        ns, name = run.key
+        pod = self.latest[run.key]
+        for _ in range(self.settings.start_attempts):
+            outcome: rp.Target | rp.Already | rp.Skip
+            unchanged = (run.planned_version is not None
+                         and _version(pod) == run.planned_version)
+            if run.swap is not None and unchanged:
+                outcome = rp.Target(run.key, run.swap)  # as listed: the plan stands
+            else:
+                outcome = rp.classify(pod, self.spec)
+            if isinstance(outcome, rp.Already):
+                self._set(run, PodPhase.ALREADY_UPGRADED, "already ran the image")
+                self._emit("pod_upgraded", run, already=True)
+                return
+            if isinstance(outcome, rp.Skip):
+                self._skip(run, outcome.reason, outcome.detail)
+                return
+            swap = outcome.swap
+            record = rp.record_for(swap, self.spec, canary=run.canary, time=self._now_iso())
+            ops = rp.start_ops(pod, swap, record)
+            try:
+                pod = self._request(run, functools.partial(self.kube.patch_pod, ns, name, ops))
+            except Conflict:
+                # Changed between our read and our write: read it again, plan again.
+                pod = self._request(run, functools.partial(self.kube.get_pod, ns, name))
+                self.latest[run.key] = pod
+                continue
+            except NotFound:
+                self._set(run, PodPhase.GONE, "deleted before it was started")
+                return
+            except Forbidden:
+                if self.changed == 0:
+                    raise
+                self._set(run, PodPhase.FAILED, "forbidden to patch it")
+                return
+            except KubeError as exc:
+                self._set(run, PodPhase.FAILED, f"not started: {exc}")
+                self._emit("pod_failed", run, reason=run.detail)
+                return
+            self.changed += 1
+            self.latest[run.key] = pod
+            generation = (pod.get("metadata") or {}).get("generation")
+            run.swap, run.record = swap, record
+            run.generation = int(generation) if generation is not None else None
+            run.started_s = self.clock.monotonic()
+            run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
+            self._set(run, PodPhase.UPGRADING, "waiting for the kubelet")
+            self._emit("pod_started", run)
+            return
+        self._skip(run, rp.SkipReason.CHANGED,
+                   f"kept changing while starting ({self.settings.start_attempts} tries)")
+
+    def _resume(self, run: PodRun) -> None:
+        """A pod an earlier run left mid-swap: its new image is in place; follow it."""
+        pod = self.latest[run.key]
+        run.record = decode((pod.get("metadata") or {}).get("annotations"))
+        if run.record is None or run.swap is None:  # pragma: no cover  (selection checked)
+            self._skip(run, rp.SkipReason.CHANGED, "its rollout record is gone")
+            return
+        run.started_s = self.clock.monotonic()
+        run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
+        self._set(run, PodPhase.UPGRADING, "resumed: waiting for the new slot")
+        self._emit("pod_started", run, resumed=True)
+        self._decide(run, pod)
+
+    def _on_event(self, event: PodEvent) -> None:
+        if event.type == "BOOKMARK":
+            self.version = event.resource_version or self.version
+            return
+        self.version = event.resource_version or self.version
+        run = self.runs.get(event.key)
+        if run is None:
+            return  # not selected at the start (new pods wait for the next run)
+        if event.type == "DELETED":
+            self.latest.pop(event.key, None)
+            if not run.phase.terminal:
+                self._set(run, PodPhase.GONE, "deleted while the rollout ran")
+                self._emit("pod_skipped", run, reason_code=rp.SkipReason.DELETED.value,
+                           reason=run.detail)
+            return
+        if run.phase in (PodPhase.UPGRADING, PodPhase.RETIRING):
+            self._decide(run, event.pod)
+        elif run.phase is PodPhase.PENDING:
+            self.latest[event.key] = event.pod
+
+    def _decide(self, run: PodRun, pod: dict[str, Any]) -> None:
+        assert run.swap is not None
+        try:
+            view = plan.pod_view(pod)
+            if rp.before_our_write(view, run.phase, run.swap):
+                return  # a state from before our last patch: the watch is catching up
+            self.latest[run.key] = pod
+            decision = rp.decide(run.phase, view, run.swap, run.generation)
+        except errors.MeshctlError as exc:
+            # Someone else broke the pod's slots meanwhile: nothing of ours can be trusted.
+            self._end(run, PodPhase.FAILED if run.phase is PodPhase.UPGRADING
+                      else PodPhase.INCOMPLETE, f"the pod's proxy slots changed: {exc}")
+            return
+        match decision.action:
+            case Action.WAIT:
+                run.detail = decision.detail
+            case Action.RETIRE:
+                self._retire(run)
+            case Action.ROLL_BACK:
+                self._roll_back(run, decision.detail)
+            case Action.FINISH:
+                self._end(run, PodPhase.UPGRADED, f"{run.swap.to_image} serves in slot "
+                                                  f"{run.swap.new_slot}")
+            case Action.FINISH_INCOMPLETE:
+                self._end(run, PodPhase.INCOMPLETE,
+                          f"{run.swap.new_container} serves {run.swap.to_image}, but "
+                          f"{decision.detail}")
+
+    def _retire(self, run: PodRun) -> None:
+        """One patch: the old slot to standby, annotations and record switched, guarded by
+        the new container's readiness. After two refusals, a fresh read decides, and the
+        last try goes without the status guard (the fresh read checked it)."""
+        assert run.swap is not None and run.record is not None
+        ns, name = run.key
+        ops = rp.retire_ops(self.latest[run.key], run.swap, run.record, self._now_iso(),
+                            guard=run.retire_tries < 2)
+        try:
+            pod = self._request(run, lambda: self.kube.patch_pod(ns, name, ops))
+        except Conflict:
+            run.retire_tries += 1
+            if run.retire_tries > 2:
+                self._roll_back(run, "the pod kept changing while the old slot was retired")
+                return
+            fresh = self._request(run, lambda: self.kube.get_pod(ns, name))
+            self._decide(run, fresh)
+            return
+        except NotFound:
+            self._end(run, PodPhase.GONE, "deleted while the rollout ran")
+            return
+        except KubeError as exc:
+            self._roll_back(run, f"API error while retiring the old slot: {exc}")
+            return
+        self.latest[run.key] = pod
+        run.record = run.record.moved(PodPhase.UPGRADED, self._now_iso())
+        run.deadline = Deadline(self.clock, self.settings.retire_timeout_s)
+        self._set(run, PodPhase.RETIRING, f"{run.swap.new_container} serves; "
+                                          f"{run.swap.old_container} to standby")
+
+    def _roll_back(self, run: PodRun, reason: str, *, interrupted: bool = False) -> None:
+        assert run.swap is not None and run.record is not None
+        ns, name = run.key
+        ops = rp.rollback_ops(self.latest[run.key], run.swap, run.record, self._now_iso(),
+                              reason, interrupted=interrupted)
+        try:
+            pod = self._request(run, lambda: self.kube.patch_pod(ns, name, ops))
+        except Conflict:
+            self._end(run, PodPhase.FAILED, f"not rolled back: the pod was changed by someone "
+                                            f"else meanwhile ({reason})")
+            return
+        except NotFound:
+            self._end(run, PodPhase.GONE, "deleted while the rollout ran")
+            return
+        except KubeError as exc:
+            self._end(run, PodPhase.FAILED, f"not rolled back: {exc} ({reason})")
+            return
+        self.latest[run.key] = pod
+        phase = PodPhase.INTERRUPTED if interrupted else PodPhase.ROLLED_BACK
+        self._end(run, phase, f"slot {run.swap.new_slot} set back to "
+                              f"{run.swap.standby_image}; slot {run.swap.old_slot} keeps "
+                              f"serving {run.swap.from_image} ({reason})")
+
+    def _end(self, run: PodRun, phase: PodPhase, detail: str) -> None:
+        """A pod's outcome: its phase, its one Event, its progress event."""
+        self._set(run, phase, detail)
+        run.ended_s = self.clock.monotonic()
+        reason, warning = EVENT_REASONS.get(phase, (None, False))
+        if reason is not None and self.settings.events.wants(phase):
+            self._k8s_event(run, reason, f"rollout {self.spec.id}: {phase.value}: {detail}",
+                            warning)
+        if phase is PodPhase.UPGRADED:
+            self._emit("pod_upgraded", run)
+        elif phase in (PodPhase.ROLLED_BACK, PodPhase.INTERRUPTED):
+            self._emit("pod_rolled_back", run, reason=detail,
+                       interrupted=phase is PodPhase.INTERRUPTED)
+        elif phase is PodPhase.GONE:
+            self._emit("pod_skipped", run, reason_code=rp.SkipReason.DELETED.value,
+                       reason=detail)
+        else:
+            self._emit("pod_failed", run, reason=detail)
+
+    def _skip(self, run: PodRun, reason: rp.SkipReason, detail: str) -> None:
+        self._set(run, PodPhase.SKIPPED, detail)
+        run.reason_code = reason.value
+        self._emit("pod_skipped", run, reason_code=reason.value, reason=detail)
+
+    def _set(self, run: PodRun, phase: PodPhase, detail: str) -> None:
+        run.phase = transition(run.phase, phase)
+        run.detail = detail
+
+    def _check_deadlines(self, runs: Iterable[PodRun]) -> None:
+        for run in runs:
+            if run.deadline is None or not run.deadline.expired():
+                continue
+            if run.phase is PodPhase.UPGRADING:
+                assert run.swap is not None
+                self._roll_back(run, f"slot {run.swap.new_slot} ({run.swap.new_container}) "
+                                     f"not ready within {self.settings.pod_timeout_s:g}s: "
+                                     f"{run.detail}")
+            elif run.phase is PodPhase.RETIRING:
+                self._end(run, PodPhase.INCOMPLETE,
+                          f"the old slot did not stand by within "
+                          f"{self.settings.retire_timeout_s:g}s: {run.detail}")
+
+    def _interrupt(self, reason: str) -> None:
+        """Stop now: pods not ready yet are set back (resumable); handing over ones finish on
+        their own (their record already says upgraded)."""
+        for run in self.runs.values():
+            if run.phase is PodPhase.UPGRADING:
+                self._roll_back(run, reason, interrupted=True)
+            elif run.phase is PodPhase.RETIRING:
+                self._end(run, PodPhase.UPGRADED,
+                          f"{run.detail} (the old slot's restart was not awaited: {reason})")
+
+    # ------------------------------------------------------------------ the watch
+
+    def _open_watch(self) -> None:
+        remaining = self.deadline.remaining() if self.deadline is not None else 3600.0
+        since = self.clock.monotonic() - self.watch_opened_s
+        if self.watch_connections and since < _RECONNECT_MIN_S:
+            time.sleep(_RECONNECT_MIN_S - since)  # no tight reconnect loop
+        self.watch_opened_s = self.clock.monotonic()
+        self.watch = self.kube.watch_pods(self.spec.namespace, str(self.spec.selector),
+                                          self.version, max(1.0, remaining))
+        self.watch_connections += 1
+
+    def _next_event(self, timeout_s: float) -> PodEvent | None:
+        if self.watch is None or self.watch.ended:
+            if self.watch is not None:
+                self.watch.close()
+            self._open_watch()
+        assert self.watch is not None
+        try:
+            event = self.watch.next(timeout_s)
+        except WatchExpired:
+            self._relist()
+            return None
+        if event is not None and event.type != "BOOKMARK" and not rp.matches(event.pod,
+                                                                             self.spec):
+            # A server that ignores labelSelector; or a pod whose labels changed.
+            return event if event.key in self.runs else None
+        return event
+
+    def _drain(self) -> None:
+        """Take in what the watch has already delivered (before starting a batch)."""
+        while True:
+            event = self._next_event(0.0)
+            if event is None:
+                return
+            self._on_event(event)
+
+    def _relist(self) -> None:
+        """The watch's resourceVersion expired: list again, apply it, watch from there."""
+        if self.watch is not None:
+            self.watch.close()
+        pods, self.version = self.kube.list_pods(self.spec.namespace, str(self.spec.selector))
+        seen = set()
+        for pod in pods:
+            seen.add(rp.key_of(pod))
+            self._on_event(PodEvent("MODIFIED", pod))
+        for key in set(self.runs) - seen:
+            self._on_event(PodEvent("DELETED", {"metadata": {"namespace": key[0],
+                                                             "name": key[1]}}))
+        self._open_watch()
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stopping(self) -> bool:
+        if self.deadline is not None and self.deadline.expired():
+            self.deadline_hit = True
+        return self.deadline_hit or self.stop.signal is not None
+
+    def _stop_reason(self) -> str:
+        if self.stop.signal is not None:
+            return f"interrupted by signal {self.stop.signal}"
+        return f"the rollout's deadline ({self.settings.timeout_s:g}s) passed"
+
+    def _finish(self, rule: StopRule) -> RolloutReport:
+        counts = self._counts()
+        interrupted = self.stop.signal is not None
+        result = rp.final_result(counts, rule, deadline=self.deadline_hit,
+                                 interrupted=interrupted)
+        if self.aborted:
+            result = RolloutResult.FAILED
+        message = self._message(result, counts, rule)
+        report = self._report(result, message)
+        self.emit_event({"event": "rollout_done", "rollout": self.spec.id,
+                         "result": result.value, "exit_code": int(result.exit_code),
+                         "message": message, "counts": counts.to_dict(),
+                         "api_requests": report.api_requests,
+                         "elapsed_s": round(report.elapsed_s, 3)})
+        return report
+
+    def _message(self, result: RolloutResult, counts: Counts, rule: StopRule) -> str:
+        done = counts.upgraded + counts.already_upgraded
+        text = (f"{done} of {counts.selected} selected pod(s) run {self.spec.image}"
+                f" ({counts.upgraded} upgraded now)")
+        if counts.failures:
+            text += f"; {counts.failures} failed"
+        if counts.skipped:
+            text += f"; {counts.skipped} skipped"
+        if result is RolloutResult.SUCCEEDED:
+            return text
+        reason = rule.message
+        if self.aborted:
+            reason = self.aborted
+        elif result in (RolloutResult.INTERRUPTED, RolloutResult.DEADLINE_EXCEEDED):
+            reason = (f"{self._stop_reason()}; pods not ready yet were set back; run the same "
+                      f"command again to continue")
+        elif result is RolloutResult.FAILED and not reason:
+            reason = "see the pods that failed"
+        return f"{text}: {reason}" if reason else text
+
+    # ------------------------------------------------------------------ reporting
+
+    def _counts(self) -> Counts:
+        return rp.tally(r.phase for r in self.runs.values())
+
+    def _batch_done(self, batch: Batch) -> None:
+        phases = [self.runs[k].phase for k in batch.pods]
+        outcome = {k: v for k, v in rp.tally(phases).to_dict().items() if v and k != "selected"}
+        self.batch_outcomes[batch.index] = outcome
+        self.emit_event({"event": "batch_done", "rollout": self.spec.id, "batch": batch.index,
+                         "of": len(self.batches), "kind": batch.kind.value,
+                         "pods": len(batch.pods), **outcome,
+                         "totals": self._counts().to_dict(),
+                         "elapsed_s": round(self.clock.monotonic() - self.t0, 3)})
+
+    def _emit(self, name: str, run: PodRun, **extra: Any) -> None:
+        event: dict[str, Any] = {"event": name, "rollout": self.spec.id,
+                                 "namespace": run.key[0], "pod": run.key[1]}
+        if run.batch is not None:
+            event["batch"] = run.batch
+            event["of"] = len(self.batches)
+        if run.canary:
+            event["canary"] = True
+        if run.swap is not None and name != "pod_skipped" and not extra.get("already"):
+            event.update({"from_image": run.swap.from_image, "to_image": run.swap.to_image,
+                          "slot": run.swap.new_slot})
+        if run.ended_s is not None and run.started_s is not None:
+            event["duration_s"] = round(run.ended_s - run.started_s, 3)
+        if name != "pod_skipped" and run.requests:
+            event["api_requests"] = run.requests
+        event.update(extra)
+        event["elapsed_s"] = round(self.clock.monotonic() - self.t0, 3)
+        self.emit_event(event)
+
+    def _report(self, result: RolloutResult, message: str,
+                plan: dict[str, Any] | None = None) -> RolloutReport:
+        return RolloutReport(
+            spec=self.spec, result=result, message=message, counts=self._counts(),
+            pods=list(self.runs.values()), batches=self.batches,
+            api_requests=self.kube.requests - self.requests0,
+            pod_requests=sum(r.requests for r in self.runs.values()),
+            watch_connections=self.watch_connections,
+            elapsed_s=self.clock.monotonic() - self.t0,
+            cpu_s=time.process_time() - self.cpu0, plan=plan,
+            batch_outcomes=self.batch_outcomes)
+
+    def _dry_run_plan(self, selection: rp.Selection) -> dict[str, Any]:
+        """The batches and, for each pod, the patches it would get."""
+        time_iso = self._now_iso()
+        canary = {k for b in self.batches if b.kind is BatchKind.CANARY for k in b.pods}
+        where = {k: b.index for b in self.batches for k in b.pods}
+        pods: list[dict[str, Any]] = []
+        for target in selection.targets:
+            pod, swap = self.latest[target.key], target.swap
+            record = (decode((pod.get("metadata") or {}).get("annotations")) if target.resumed
+                      else None) or rp.record_for(swap, self.spec,
+                                                  canary=target.key in canary, time=time_iso)
+            patches: dict[str, Any] = {}
+            if not target.resumed:
+                patches["start"] = rp.start_ops(pod, swap, record)
+            patches["retire"] = rp.retire_ops(pod, swap, record, time_iso, guard=False)
+            patches["rollback"] = rp.rollback_ops(pod, swap, record, time_iso,
+                                                  "(the reason)")
+            pods.append({"namespace": target.key[0], "pod": target.key[1],
+                         "batch": where.get(target.key), "canary": target.key in canary,
+                         "resumed": target.resumed, "from_image": swap.from_image,
+                         "to_image": swap.to_image, "from_slot": swap.old_slot,
+                         "to_slot": swap.new_slot, "patches": patches})
+        return {"batches": [{"index": b.index, "kind": b.kind.value,
+                             "pods": [f"{ns}/{name}" for ns, name in b.pods]}
+                            for b in self.batches],
+                "pods": pods,
+                "retire_guard": "the retire patch also tests the new slot's container status "
+                                "(name, containerID, ready: true) as seen ready, known only "
+                                "then"}
+
+    # ------------------------------------------------------------------ requests
+
+    def _request(self, run: PodRun, call: Callable[[], T]) -> T:
+        before = self.kube.requests
+        try:
+            return call()
+        finally:
+            run.requests += self.kube.requests - before
+
+    def _k8s_event(self, run: PodRun, reason: str, message: str, warning: bool) -> None:
+        # Events are for people (`kubectl describe pod`); a rollout never fails for want of one.
+        if not self.events_ok or run.key not in self.latest:
+            return
+        pod = self.latest[run.key]
+        try:
+            self._request(run, lambda: self.kube.create_event(pod, reason, message,
+                                                              warning=warning))
+        except KubeError as exc:
+            self.events_ok = False
+            self.emit_event({"event": "note", "message": f"no Events will be recorded: {exc}"})
+
+    def _now_iso(self) -> str:
+        return (datetime.fromtimestamp(self.clock.wall(), tz=UTC)
+                .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+
+
+def _version(pod: dict[str, Any]) -> str | None:
+    value = (pod.get("metadata") or {}).get("resourceVersion")
+    return str(value) if value else None
+
+
+def rollout_status(kube: FleetKube, namespace: str | None,
+                   selector: Selector | None) -> dict[str, Any]:
+    """What the pods' records say (one list request): `meshctl rollout status`."""
+    pods, _ = kube.list_pods(namespace, str(selector) if selector is not None else "")
+    return rp.status_summary(pods, namespace, selector)
