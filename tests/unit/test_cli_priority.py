@@ -9,6 +9,7 @@ import pytest
 
 from meshctl.cli import priority
 from meshctl.exitcodes import ExitCode
+from meshctl.images.rollout_plan import RolloutExit
 
 
 @pytest.mark.parametrize("argv", [["meshctl", "upgrade", "--wait"], ["meshctl", "status"],
@@ -66,3 +67,12 @@ def test_the_console_script_refuses_a_bad_value_in_one_line() -> None:
     assert done.stderr.splitlines() == [
         "meshctl: error: MESHCTL_NICE must be an integer from 0 to 19 (0: do not lower the "
         "priority), got 'high'"]
+
+
+def test_rollout_refuses_a_bad_value_with_its_own_refused_code() -> None:
+    assert priority.REFUSED_EXIT["rollout"] == RolloutExit.REFUSED
+    done = subprocess.run([sys.executable, "-m", "meshctl", "rollout", "--selector", "app=x"],
+                          capture_output=True, text=True, timeout=60,
+                          env={"MESHCTL_NICE": "99", "PATH": ""}, check=False)
+    assert done.returncode == RolloutExit.REFUSED
+    assert done.stderr.startswith("meshctl: error: MESHCTL_NICE must be")

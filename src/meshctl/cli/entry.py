@@ -19,7 +19,8 @@ def main() -> None:
         priority.lower_priority(priority.wanted_nice(sys.argv, os.environ))
     except priority.BadNice as exc:
         print(f"meshctl: error: {exc}", file=sys.stderr)
-        raise SystemExit(int(ExitCode.BAD_INPUT)) from None
+        code = priority.REFUSED_EXIT.get(priority.command_of(sys.argv) or "", ExitCode.BAD_INPUT)
+        raise SystemExit(int(code)) from None
 
     from meshctl.cli.app import main as app_main  # noqa: PLC0415  (after the priority change)
 

@@ -22,6 +22,9 @@ NICE_ENV = "MESHCTL_NICE"
 """The nice value the client commands run at: 0-19, 0 to keep the caller's priority."""
 DEFAULT_NICE = 10
 SERVING_COMMANDS = frozenset({"run", "standby", "demo"})
+REFUSED_EXIT = {"rollout": 3}
+"""Commands with exit codes of their own for bad input: `rollout`'s 3 is "refused before
+starting" (RolloutExit.REFUSED, kept out of this module's imports: it runs before any)."""
 
 
 class BadNice(ValueError):
