@@ -10,6 +10,7 @@ has upper-case letters (as in docker); path components are lower-case alphanumer
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -53,6 +54,7 @@ class ImageReference:
         return str(ImageReference(registry, path, tag, self.digest))
 
 
+@functools.lru_cache(maxsize=256)
 def parse(text: str) -> ImageReference:
     """Parse and validate; raises BadInput naming what is wrong."""
     problem = _problem(text)
@@ -88,6 +90,10 @@ def _is_registry(first: str) -> bool:
     return "." in first or ":" in first or first == "localhost" or first.lower() != first
 
 
+# Memoized: a rollout checks the same few references over and over (every pod's slots, on
+# every watch event): 0.6 ms of CPU per pod before. Pure functions of the text; the result of
+# `parse` is frozen.
+@functools.lru_cache(maxsize=256)
 def _problem(text: str) -> str | None:
     if not text:
         return "empty"
