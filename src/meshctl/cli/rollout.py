@@ -201,6 +201,9 @@ def rollout(
         # The ~10^5 objects of the imports (the client's models) live as long as the process:
         # out of the collector's way, so that a full collection walks only the rollout's own.
         gc.freeze()
+        # The rollout allocates a burst of short-lived acyclic dicts per watch event and per
+        # response (JSON): the default threshold (700) ran a young collection every few events.
+        gc.set_threshold(50_000, 20, 20)
         with _progress(out) as emit, _signals_recorded(stop):
             report = run_rollout(fleet, spec, settings, dry_run=dry_run, emit=emit, stop=stop)
     _print_report(report, out)
