@@ -6,7 +6,6 @@ Every error reaches the user as one line on stderr and a documented exit code
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ import typer
 
 from meshctl import __version__, errors
 from meshctl.cli import output
+from meshctl.cli.boundary import error_boundary
 from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 from meshctl.exitcodes import ExitCode
@@ -76,29 +76,8 @@ DrainStrategyOpt = Annotated[
 ]
 
 
-def cli_errors(func: F) -> F:
-    """One line and a documented exit code for every error; no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except errors.MeshctlError as exc:
-            output.error(str(exc))
-            raise typer.Exit(int(exc.exit_code)) from None
-        except KeyboardInterrupt:
-            output.error("interrupted")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as exc:
-            if os.environ.get("MESHCTL_DEBUG"):
-                raise
-            output.error(f"internal error: {type(exc).__name__}: {exc} "
-                         f"(set MESHCTL_DEBUG=1 for a traceback)")
-            raise typer.Exit(int(ExitCode.FAILED)) from None
-
-    return wrapper  # type: ignore[return-value]
+cli_errors = error_boundary(code_of=lambda exc: int(exc.exit_code), failed=int(ExitCode.FAILED))
+"""One line and a documented exit code for every error; no traceback."""
 
 
 def _state_dir(value: Path | None, slot: str | None = None) -> Path:

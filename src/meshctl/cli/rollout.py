@@ -12,7 +12,6 @@ errors exit 3 too, as one line (click's own 2 would read as "deadline exceeded")
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import os
@@ -30,6 +29,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from meshctl import errors
 from meshctl.cli import output
+from meshctl.cli.boundary import error_boundary
 from meshctl.images.rollout_plan import EventPolicy, RolloutExit
 
 if TYPE_CHECKING:
@@ -87,29 +87,10 @@ KubeconfigOpt = Annotated[Path | None, typer.Option(
                          "in-cluster service account).")]
 
 
-def refusals(func: F) -> F:
-    """Errors before any change exit 3 with one line; the rollout reports the rest itself."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except errors.MeshctlError as exc:
-            output.error(str(exc))
-            raise typer.Exit(int(RolloutExit.REFUSED)) from None
-        except KeyboardInterrupt:
-            output.error("interrupted")
-            raise typer.Exit(int(RolloutExit.INTERRUPTED)) from None
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
-            raise
-        except Exception as exc:
-            if os.environ.get("MESHCTL_DEBUG"):
-                raise
-            output.error(f"internal error: {type(exc).__name__}: {exc} "
-                         f"(set MESHCTL_DEBUG=1 for a traceback)")
-            raise typer.Exit(int(RolloutExit.FAILED)) from None
-
-    return wrapper  # type: ignore[return-value]
+refusals = error_boundary(
+    code_of=lambda _: int(RolloutExit.REFUSED), failed=int(RolloutExit.FAILED),
+    passthrough=(click.exceptions.ClickException,))
+"""Errors before any change exit 3 with one line; the rollout reports the rest itself."""
 
 
 @rollout_app.callback(invoke_without_command=True)
