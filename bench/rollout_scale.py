@@ -63,30 +63,18 @@ class FastKubelet(FakeKubelet):
     (or that still wait for a container to get ready), instead of every pod on every wake: at
     500 pods the full pass would make the kubelet, not meshctl, the bottleneck."""
 
-    def _sync(self) -> None:
-        seen: dict[str, str] = {}
-        while not self._stopping.is_set():
-            self._wake.wait(self.tick_s)
-            self._wake.clear()
-            with self._lock:
-                desired = dict(self._desired)
-            try:
-                for name in set(self._pods) - set(desired):
-                    for c in self._pods.pop(name).containers.values():
-                        if c.container_id:
-                            self.runtime.stop(c.container_id)
-                for name, pod in desired.items():
-                    version = str((pod.get("metadata") or {}).get("resourceVersion"))
-                    state = self._pods.get(name)
-                    settled = state is not None and '"ready": false' not in state.written
-                    if seen.get(name) == version and settled:
-                        continue
-                    seen[name] = version
-                    self._reconcile(name, pod)
-            except Exception as exc:
-                if not self._stopping.is_set():
-                    self.errors.append(exc)
-                return
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen: dict[str, str] = {}  # pod name -> the resourceVersion last reconciled
+
+    def _reconcile(self, name: str, pod: dict[str, Any]) -> None:
+        version = str((pod.get("metadata") or {}).get("resourceVersion"))
+        state = self._pods.get(name)
+        settled = state is not None and '"ready": false' not in state.written
+        if self._seen.get(name) == version and settled:
+            return
+        self._seen[name] = version
+        super()._reconcile(name, pod)
 
 
 def client(url: str, agent: str) -> k8s.ApiClient:

@@ -142,6 +142,9 @@ _REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Confli
 class ApiServer:
     """The emulator served on 127.0.0.1, from a thread; `call()` reaches its state safely."""
 
+    emulator_class: type[PodEmulator] = PodEmulator
+    """Which emulator is served (a subclass may trade features for speed)."""
+
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -218,7 +221,7 @@ class ApiServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        async with PodEmulator() as emulator, kmock.Server(emulator) as server:
+        async with self.emulator_class() as emulator, kmock.Server(emulator) as server:
             emulator.resources["v1/pods"] = kmock.ResourceInfo(
                 kind="Pod", namespaced=True, subresources={"status"})
             emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)

@@ -3,7 +3,6 @@ images can misbehave in chosen pods only, and readers of the rollout's output.""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from collections.abc import Collection, Mapping, Sequence
@@ -115,6 +114,8 @@ class _LeanEmulator(PodEmulator):
 class LeanApiServer(ApiServer):
     """`ApiServer` on `_LeanEmulator`: the same API, at a constant cost per request."""
 
+    emulator_class = _LeanEmulator
+
     def seen(self) -> list[Seen]:
         def snapshot(em: PodEmulator) -> list[Seen]:
             assert isinstance(em, _LeanEmulator)
@@ -127,14 +128,3 @@ class LeanApiServer(ApiServer):
                     for r in list(em.log)]
 
         return self.call(snapshot)
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        async with _LeanEmulator() as emulator, kmock.Server(emulator) as server:
-            emulator.resources["v1/pods"] = kmock.ResourceInfo(
-                kind="Pod", namespaced=True, subresources={"status"})
-            emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
-            self._emulator = emulator
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
