@@ -80,11 +80,16 @@ def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> in
     preset = Settings.smoke_run(old, new) if args.smoke else Settings.full_run(old, new)
     settings = dataclasses.replace(preset, old_version=versions["old"],
                                    new_version=versions["new"],
-                                   workers=args.workers or preset.workers)
+                                   workers=args.workers or preset.workers,
+                                   rate_fraction=args.rate_fraction or preset.rate_fraction,
+                                   drain_strategy=args.drain_strategy,
+                                   attempts_dir=args.attempts and args.attempts.absolute())
     keys = list(SCENARIOS) if not args.scenarios else args.scenarios.split(",")
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
         sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if not 0 < settings.rate_fraction <= 1:
+        sys.exit(f"--rate-fraction must be in (0, 1], got {settings.rate_fraction:g}")
     started = time.monotonic()
     compile_meshctl()
     machine = machine_info()
@@ -147,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", help=f"comma-separated subset of {list(SCENARIOS)}")
     parser.add_argument("--workers", type=int, default=0,
                         help="load client processes (default 2)")
+    parser.add_argument("--rate-fraction", type=float, default=0.0,
+                        help="scenario 1's rate as a fraction of the closed-loop maximum "
+                             "(default 0.5)")
+    parser.add_argument("--drain-strategy", choices=["immediate", "gradual"], default="",
+                        help="meshctl's drain strategy in the meshctl arms (default: meshctl's "
+                             "own default)")
     parser.add_argument("--old-envoy", type=Path, default=OLD_ENVOY,
                         help=f"Envoy to upgrade from ({OLD_ENVOY})")
     parser.add_argument("--new-envoy", type=Path, default=None,
@@ -157,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, help="the page (default docs/benchmarks.md)")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild the PNGs and the page from the JSON results")
+    parser.add_argument("--attempts", type=Path,
+                        help="also write every arm's attempts (JSON, column-wise) to this folder")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (debugging)")
     args = parser.parse_args(argv)
     results, images, docs = _paths(args)

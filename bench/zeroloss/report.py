@@ -87,9 +87,11 @@ def upgrade_line(arm: str, upgrade: Mapping[str, Any]) -> str:
         if "command" in t:
             took = t.get("command_done", 0.0) - t["command"]
             cpu = upgrade.get("detail", {}).get("cli_cpu_s")
+            sched = (upgrade.get("detail", {}).get("record") or {}).get("client_scheduling")
             parts.append(f"the command took {secs(took)}"
                          + (f" and {cpu:.2f} CPU-s" if cpu is not None else "")
-                         + " (pre-flight and --wait included)")
+                         + " (pre-flight and --wait included"
+                         + (f"; it ran {sched}" if sched else "") + ")")
         return "; ".join(parts)
     live = t.get("new_live", t.get("old_live"))
     parts = [result, f"old exited after {secs(t.get('old_exited'))}"]

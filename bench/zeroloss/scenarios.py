@@ -20,6 +20,7 @@ compare.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import stat
@@ -59,6 +60,12 @@ class Settings:
     """Each closed-loop calibration run (our client twice, wrk once)."""
     cross_check: bool = True
     """Calibrate also with HTTP/1.1 only and with wrk (the cross-check of the client's rate)."""
+    drain_strategy: str = ""
+    """meshctl's drain strategy in the meshctl arm (`meshctl run --drain-strategy`); empty:
+    meshctl's default."""
+    attempts_dir: Path | None = None
+    """If set, every arm's attempts are written there (`KEY-ARM.json`: the load's start on the
+    monotonic clock and the attempts column-wise) for a closer look than the report's."""
     rate_fraction: float = 0.5
     """Scenario 1's open-loop rate, as a fraction of the closed-loop maximum: the highest that
     stays sustainable (no growing client queue) on this shared 2-core machine, whose capacity
@@ -187,7 +194,8 @@ class Suite:
         configs = {"v1": site.config("v1"), "v2": site.config("v2")}
         if extra_configs is not None:
             configs.update(extra_configs(site))
-        arm: Arm = (MeshctlArm(root, drain_min_s=1.0, drain_max_s=drain_max_s)
+        run_args = ("--drain-strategy", s.drain_strategy) if s.drain_strategy else ()
+        arm: Arm = (MeshctlArm(root, drain_min_s=1.0, drain_max_s=drain_max_s, run_args=run_args)
                     if kind == "meshctl" else NaiveArm(root, site.admin_port))
         load = LoadRun(Target("127.0.0.1", site.http_port), plan, root, workers=s.workers)
         log(f"--- {key} / {kind}: {plan.rate:,.0f} req/s open loop for at most "
@@ -208,6 +216,10 @@ class Suite:
             stage = Stage(arm, site, load, configs)
             upgrades = script(stage)
             attempts = load.wait()
+            if s.attempts_dir is not None:
+                s.attempts_dir.mkdir(parents=True, exist_ok=True)
+                (s.attempts_dir / f"{key}-{kind}.json").write_text(json.dumps(
+                    {"load_start": start, "attempts": records.to_columns(attempts)}))
             end = stage.stopped_at or start + plan.duration_s
             stream_result = stream.stop() if stream is not None else None
             stream = None

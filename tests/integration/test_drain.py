@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -99,7 +100,9 @@ def test_a_long_lived_stream_holds_the_old_generation_until_drain_max_then_is_on
     assert any(e.get("connections") == 1 and "time_left_s" in e for e in progress), err
     log = meshctl.supervisor_log()
     assert "drain window ends (deadline)" in log and "1 connection(s) left" in log
-    assert "epoch 0: asking to stop (SIGTERM)" in log and "epoch 0: stopped" in log
+    assert "epoch 0: asking to stop (SIGTERM)" in log and "epoch 0: stopped" in log, log
+    # Its exit ran at idle priority (every Envoy thread moved), and still closed the stream.
+    assert re.search(r"epoch 0: [1-9]\d* thread\(s\) to idle priority for the exit", log), log
     # The new generation carries new streams.
     again = open_stream(ports.tcp)
     again.close()

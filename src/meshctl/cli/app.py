@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from meshctl import __version__, errors
-from meshctl.cli import output
+from meshctl.cli import output, priority
 from meshctl.cli.boundary import error_boundary
 from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
@@ -228,6 +228,7 @@ def upgrade(
     result = client.upgrade(sd, envoy=envoy, config=config, wait=wait, timeout_s=timeout_s,
                             run_preflight=not skip_preflight, drain=request,
                             progress=output.progress_reporter(out))
+    result["client_scheduling"] = priority.describe()
     output.upgrade_result(result, out)
     raise typer.Exit(int(client.upgrade_exit_code(result, waited=wait)))
 

@@ -16,7 +16,7 @@ from meshctl.exitcodes import ExitCode
 
 def main() -> None:
     try:
-        priority.lower_priority(priority.wanted_nice(sys.argv, os.environ))
+        priority.apply(priority.wanted(sys.argv, os.environ, priority.cpu_pressure))
     except priority.BadNice as exc:
         print(f"meshctl: error: {exc}", file=sys.stderr)
         code = priority.REFUSED_EXIT.get(priority.command_of(sys.argv) or "", ExitCode.BAD_INPUT)

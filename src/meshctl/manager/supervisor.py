@@ -505,6 +505,10 @@ class Supervisor:
         # that was not LIVE while something could be its parent.
         never_live = gen.live_mono is None and gen.epoch > 0
         gen.role = Role.STOPPING
+        # Its exit (destructors, freeing its heap, closing sockets) is a burst of CPU that must
+        # not come out of the serving generation's latency: it runs only on CPU left unused.
+        log.info("epoch %d: %d thread(s) to idle priority for the exit", gen.epoch,
+                 gen.process.yield_cpu())
         stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
         self.stoppers[gen.epoch] = stopper
         stopper.start(ask=not never_live)
@@ -673,6 +677,8 @@ class Supervisor:
                           f"the old generation was draining: {_last_log(self.live)}")
             return
         if not old.alive:
+            if old.epoch in self.stoppers:  # its last named step: "stopped", before the record
+                self.stoppers[old.epoch].tick()
             if upgrade.drain_end is None:
                 upgrade.drain_end = "envoy" if old.process.exit_status == 0 else "exited"
             upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
