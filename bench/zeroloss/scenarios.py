@@ -119,6 +119,7 @@ class Settings:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["old_envoy"], out["new_envoy"] = str(self.old_envoy), str(self.new_envoy)
+        out["attempts_dir"] = None if self.attempts_dir is None else str(self.attempts_dir)
         out["failures"] = list(self.failures)
         return out
 

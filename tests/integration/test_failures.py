@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -18,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from meshctl import cpu
 from meshctl.demo.loadgen import LoadGen, LoadStats
 from meshctl.exitcodes import ExitCode
 
@@ -336,3 +338,49 @@ def test_an_envoy_orphaned_by_its_keeper_is_reaped_and_replaced(
     assert not psutil.pid_exists(live["pid"]), "the orphaned Envoy is still there (a zombie?)"
     assert f"reaped unknown child {live['pid']}" in meshctl.supervisor_log()
     assert get(ports.http)[0] == 200
+
+
+def _threads_idle(pid: int) -> list[bool]:
+    return [cpu.is_idle(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+def test_a_new_generation_initializes_at_idle_priority_and_serves_at_normal_priority(
+        meshctl: Meshctl, ports: Ports, workdir: Path, silent_server: int) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.5", "--init-priority", "idle", config=config)
+    hangs = envoy_config(workdir / "hang.yaml", ports, xds_hang=silent_server)
+    first = meshctl.status()["live"]["pid"]
+
+    with Traffic(ports.http) as traffic:
+        started = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "3",
+                              "--no-wait", "-o", "json")
+        new_pid = json.loads(started.stdout)["to_pid"]
+        time.sleep(1.0)  # initializing (waiting for xDS): every thread under SCHED_IDLE
+        initializing = _threads_idle(new_pid)
+        serving = _threads_idle(first)
+        snap = meshctl.wait_for(lambda s: s["phase"] == "running", 30, "the rollback")
+        repaired = snap["live"]["pid"]
+        after_rollback = _threads_idle(repaired)
+        done = meshctl.cli("upgrade", "--wait", "-o", "json")
+
+    assert len(initializing) > 3 and all(initializing), initializing
+    assert not any(serving), serving  # the serving generation was never touched
+    assert snap["last_upgrade"]["result"] == "rolled_back"
+    assert not any(after_rollback)  # the recovery generation restores service: never idle
+    record = json.loads(done.stdout)
+    assert record["result"] == "succeeded", record
+    assert record["init_scheduling"] == "idle until LIVE (--init-priority idle)"
+    live = _threads_idle(record["to_pid"])
+    assert live and not any(live), live
+    assert re.search(rf"epoch {record['to_epoch']}: initialized at idle priority; [1-9]\d* "
+                     r"thread\(s\) back to normal", meshctl.supervisor_log())
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+
+
+def test_init_priority_normal_starts_a_new_generation_like_any_other(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.start("--init-priority", "normal", config=envoy_config(workdir / "v1.yaml", ports))
+    done = meshctl.cli("upgrade", "--wait", "-o", "json")
+    record = json.loads(done.stdout)
+    assert record["init_scheduling"] == "normal (--init-priority normal)"
+    assert "initialized at idle priority" not in meshctl.supervisor_log()

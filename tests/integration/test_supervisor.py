@@ -88,6 +88,10 @@ def test_an_upgrade_from_1_39_3_to_1_40_0_under_traffic_loses_no_request(
     # The client ran in the background of the proxy: SCHED_IDLE, or nice 10 if the CPU was
     # saturated when it started (the test machine may be).
     assert re.fullmatch(r"(idle|nice 10) \(CPU pressure [\d.]+ %\)", record["client_scheduling"])
+    # And the new Envoy initialized at idle priority (root here: CAP_SYS_NICE), unless the
+    # CPU was saturated.
+    assert re.fullmatch(r"(idle until LIVE|normal) \(CPU pressure [\d.]+ %\)",
+                        record["init_scheduling"])
     assert stats.failed == 0 and stats.http_error == 0, stats.to_json()
     assert stats.ok > 200
     assert stats.by_epoch["0"] > 0 and stats.by_epoch["1"] > 0, stats.to_json()

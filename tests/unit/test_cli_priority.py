@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -73,27 +72,6 @@ def test_a_bad_value_is_refused(raw: str) -> None:
     with pytest.raises(priority.BadNice, match="MESHCTL_NICE must be 'idle' or an integer "
                                                "from 0 to 19"):
         priority.wanted(["meshctl", "status"], {priority.NICE_ENV: raw}, _calm)
-
-
-def test_the_pressure_is_psi_some_avg10() -> None:
-    text = ("some avg10=12.50 avg60=4.81 avg300=18.31 total=194329968\n"
-            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-    assert priority.parse_some_avg10(text) == 12.5
-    assert priority.parse_some_avg10("full avg10=3.00\n") is None
-    assert priority.parse_some_avg10("some avg10=x\n") is None
-    assert priority.parse_some_avg10("") is None
-
-
-def test_the_cgroup_is_the_v2_line_of_proc_self_cgroup() -> None:
-    v1_and_v2 = "4:memory:/a/b\n0::/kubepods/pod1/c2\n"
-    assert priority._own_cgroup_dir(v1_and_v2) == Path("/sys/fs/cgroup/kubepods/pod1/c2")
-    assert priority._own_cgroup_dir("0::/\n") == Path("/sys/fs/cgroup")
-    assert priority._own_cgroup_dir("4:memory:/a\n") is None
-
-
-def test_the_machine_pressure_is_read_here() -> None:
-    some = priority.cpu_pressure()
-    assert some is not None and 0.0 <= some <= 100.0  # this kernel has PSI (/proc/pressure)
 
 
 def test_the_command_is_the_first_non_option_argument() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
@@ -64,3 +65,57 @@ def _end(proc: subprocess.Popen[str]) -> None:
     proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+def test_the_pressure_is_psi_some_avg10() -> None:
+    text = ("some avg10=12.50 avg60=4.81 avg300=18.31 total=194329968\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    assert cpu.parse_some_avg10(text) == 12.5
+    assert cpu.parse_some_avg10("full avg10=3.00\n") is None
+    assert cpu.parse_some_avg10("some avg10=x\n") is None
+    assert cpu.parse_some_avg10("") is None
+
+
+def test_the_cgroup_is_the_v2_line_of_proc_self_cgroup() -> None:
+    v1_and_v2 = "4:memory:/a/b\n0::/kubepods/pod1/c2\n"
+    assert cpu.own_cgroup_dir(v1_and_v2) == Path("/sys/fs/cgroup/kubepods/pod1/c2")
+    assert cpu.own_cgroup_dir("0::/\n") == Path("/sys/fs/cgroup")
+    assert cpu.own_cgroup_dir("4:memory:/a\n") is None
+
+
+def test_the_machine_pressure_is_read_here() -> None:
+    some = cpu.pressure()
+    assert some is not None and 0.0 <= some <= 100.0  # this kernel has PSI (/proc/pressure)
+
+
+def test_cap_sys_nice_is_bit_23_of_the_effective_set() -> None:
+    assert cpu.has_cap_sys_nice("Name:\tx\nCapEff:\t000001ffffffffff\n")
+    assert cpu.has_cap_sys_nice("CapEff:\t0000000000800000\n")
+    assert not cpu.has_cap_sys_nice("CapEff:\t00000000a80425fb\n")  # Docker's default set
+    assert not cpu.has_cap_sys_nice("CapEff:\tzz\n")
+    assert not cpu.has_cap_sys_nice("")
+
+
+def test_a_thread_moved_to_idle_is_moved_back_with_the_privilege_we_have_here() -> None:
+    assert cpu.can_restore()  # root on this machine: CAP_SYS_NICE
+    proc = subprocess.Popen([sys.executable, "-c", THREADED], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert cpu.set_process_idle(proc.pid) == 4
+        assert cpu.set_process_normal(proc.pid) == (4, 0)
+        assert not any(cpu.is_idle(t) for t in _threads(proc.pid))
+    finally:
+        _end(proc)
+
+
+def test_without_the_privilege_a_thread_stays_idle_and_is_reported_refused() -> None:
+    # A child that gives up root (and with it CAP_SYS_NICE) cannot bring itself back: what a
+    # restricted pod would see. (`resource` is imported first: /root is closed to nobody.)
+    code = ("import os, sys; sys.path[:0] = " + repr(sys.path) + "\n"
+            "import resource\nfrom meshctl import cpu\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "assert cpu.set_idle(0)\n"
+            "print(cpu.can_restore(), cpu.set_process_normal(os.getpid()), cpu.is_idle(0))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "False (0, 1) True"

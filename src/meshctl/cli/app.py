@@ -22,6 +22,7 @@ from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 from meshctl.exitcodes import ExitCode
 from meshctl.manager import operations as client
+from meshctl.manager.settings import InitPriority
 
 app = typer.Typer(
     name="meshctl",
@@ -134,6 +135,11 @@ def run(
         help="Restarts of a crashed Envoy allowed within --restart-window-s.")] = 5,
     restart_window_s: Annotated[float, typer.Option(
         "--restart-window-s", min=1.0, help="The crash-loop window.")] = 120.0,
+    init_priority: Annotated[InitPriority, typer.Option(
+        "--init-priority",
+        help="How an upgrade's new Envoy initializes: auto (at idle CPU priority until LIVE, "
+             "where the supervisor may restore it (CAP_SYS_NICE) and the CPU is not "
+             "saturated), idle (also on a saturated CPU) or normal.")] = InitPriority.AUTO,
     log_level: Annotated[str, typer.Option("--log-level", help="Supervisor log level.")] = "info",
 ) -> None:
     """Run Envoy under the supervisor, in the foreground (PID 1 in a container).
@@ -153,6 +159,7 @@ def run(
         ready_timeout_s=ready_timeout_s, extra_args=list(ctx.args), environ=os.environ,
         health=parse_health_address(health), keeper=keeper,
         restarts=RestartPolicy(max_restarts=max_restarts, window_s=restart_window_s),
+        init_priority=init_priority,
     )
     raise typer.Exit(int(code))
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
+from meshctl import cpu
 from meshctl.cli import priority
 from meshctl.exitcodes import ExitCode
 
 
 def main() -> None:
     try:
-        priority.apply(priority.wanted(sys.argv, os.environ, priority.cpu_pressure))
+        priority.apply(priority.wanted(sys.argv, os.environ, cpu.pressure))
     except priority.BadNice as exc:
         print(f"meshctl: error: {exc}", file=sys.stderr)
         code = priority.REFUSED_EXIT.get(priority.command_of(sys.argv) or "", ExitCode.BAD_INPUT)

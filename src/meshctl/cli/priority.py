@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from meshctl import cpu
 
@@ -37,11 +36,7 @@ NICE_ENV = "MESHCTL_NICE"
 """`idle`, or the nice value the client commands run at: 0-19, 0 to keep the caller's."""
 IDLE = "idle"
 DEFAULT_NICE = 10
-SATURATED_PCT = 80.0
-"""PSI `some avg10` (share of the last 10 s in which a runnable task waited for a CPU) from
-which SCHED_IDLE is not trusted to make progress. Measured on 2 cores: with the machine at
-~95 % CPU under the proof's load, PSI read 50-56 % and an idle `upgrade --wait` still
-finished in 2.7 s (3.8 s at nice 10, which slowed the traffic more)."""
+SATURATED_PCT = cpu.SATURATED_PCT
 SERVING_COMMANDS = frozenset({"run", "standby", "demo"})
 REMOTE_COMMANDS = frozenset({"rollout"})
 """Commands that talk to the Kubernetes API from outside the proxy (so does `upgrade --pod`)."""
@@ -104,50 +99,6 @@ def wanted(argv: Sequence[str], environ: Mapping[str, str],
     if some >= SATURATED_PCT:
         return Priority(nice=DEFAULT_NICE, why=f"CPU pressure {some:g} %")
     return Priority(idle=True, why=f"CPU pressure {some:g} %")
-
-
-def parse_some_avg10(text: str) -> float | None:
-    """`some avg10=1.23 avg60=... total=...` (the first line of a PSI file) -> 1.23."""
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "some":
-            for field in fields[1:]:
-                key, _, value = field.partition("=")
-                if key == "avg10":
-                    try:
-                        return float(value)
-                    except ValueError:
-                        return None
-    return None
-
-
-def _own_cgroup_dir(proc_cgroup: str) -> Path | None:
-    """This process's cgroup v2 directory, from /proc/self/cgroup's `0::/path` line."""
-    for line in proc_cgroup.splitlines():
-        if line.startswith("0::"):
-            return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
-    return None
-
-
-def cpu_pressure() -> float | None:
-    """The highest PSI `some avg10` of this process's cgroup and of the machine; None if
-    neither can be read (no PSI in this kernel, or no /proc)."""
-    files = [Path("/proc/pressure/cpu")]
-    try:
-        group = _own_cgroup_dir(Path("/proc/self/cgroup").read_text())
-    except OSError:
-        group = None
-    if group is not None:
-        files.append(group / "cpu.pressure")
-    readings = []
-    for path in files:
-        try:
-            value = parse_some_avg10(path.read_text())
-        except OSError:
-            continue
-        if value is not None:
-            readings.append(value)
-    return max(readings) if readings else None
 
 
 def lower_priority(nice: int) -> int:

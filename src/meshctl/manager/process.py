@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,8 @@ from typing import Any
 import psutil
 
 from meshctl import cpu
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_EXIT = -1
 """exit_status of an adopted process that has gone: not our child, so its status is lost."""
@@ -48,6 +51,11 @@ def keeper_binary() -> Path | None:
     return Path(found) if found else None
 
 
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD,
+                    signal.SIGPIPE)
+"""Reset in the child: the supervisor handles these itself."""
+
+
 @dataclass
 class ChildProcess:
     pid: int
@@ -65,7 +73,8 @@ class ChildProcess:
 
     @classmethod
     def spawn(cls, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
-              keeper: Path | None = None) -> ChildProcess:
+              keeper: Path | None = None, *, idle: bool = False) -> ChildProcess:
+        """`idle`: start under SCHED_IDLE (see `meshctl.cpu`); `restore_cpu()` ends it."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND  # no O_CLOEXEC: it is the child's stdout
         actions = [
@@ -75,12 +84,17 @@ class ChildProcess:
         ]
         # --single-child: dumb-init forwards signals to Envoy only and stays in our session.
         full = [str(keeper), "--single-child", "--", *argv] if keeper else list(argv)
-        pid = os.posix_spawn(
-            full[0], full, dict(env), file_actions=actions, setsid=True,
-            setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1,
-                       signal.SIGCHLD, signal.SIGPIPE),
-            setsigmask=(),
-        )
+        # A child is born with the policy of the thread that spawns it. posix_spawn's own
+        # `scheduler=` fails with EINVAL for SCHED_IDLE (glibc), so this thread takes the
+        # policy for the call and leaves it at once (the caller checked it may:
+        # `cpu.can_restore()`); the child never runs a moment at normal priority.
+        idle = idle and cpu.set_idle(0)
+        try:
+            pid = os.posix_spawn(full[0], full, dict(env), file_actions=actions, setsid=True,
+                                 setsigdef=_DEFAULT_SIGNALS, setsigmask=())
+        finally:
+            if idle and not cpu.set_normal(0):
+                log.critical("the supervisor could not leave idle priority after a spawn")
         created = _create_time(pid) or 0.0
         envoy_pid, envoy_created = pid, created
         if keeper:
@@ -131,6 +145,17 @@ class ChildProcess:
         if not self.alive or not _same(self.envoy_pid, self.envoy_create_time):
             return 0
         return cpu.set_process_idle(self.envoy_pid)
+
+    def restore_cpu(self) -> tuple[int, int]:
+        """Every thread of the keeper and of Envoy back under the normal policy (a generation
+        started with `idle=True`, now LIVE): (threads moved, threads refused)."""
+        moved = refused = 0
+        for pid, created in dict.fromkeys([(self.pid, self.create_time),
+                                           (self.envoy_pid, self.envoy_create_time)]):
+            if self.alive and _same(pid, created):
+                m, r = cpu.set_process_normal(pid)
+                moved, refused = moved + m, refused + r
+        return moved, refused
 
     def describe_exit(self) -> str:
         if self.exit_status is None:

@@ -14,7 +14,7 @@ from meshctl.exitcodes import ExitCode
 from meshctl.manager.pod import SLOTS
 from meshctl.manager.process import keeper_binary
 from meshctl.manager.restarts import RestartPolicy
-from meshctl.manager.settings import SupervisorSettings, default_base_id
+from meshctl.manager.settings import InitPriority, SupervisorSettings, default_base_id
 from meshctl.manager.supervisor import Supervisor
 
 
@@ -53,7 +53,8 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
                    ready_timeout_s: float, extra_args: Sequence[str],
                    environ: Mapping[str, str], health: tuple[str, int] | None = None,
                    keeper: bool = True, restarts: RestartPolicy | None = None,
-                   slot: str | None = None) -> ExitCode:
+                   slot: str | None = None,
+                   init_priority: InitPriority = InitPriority.AUTO) -> ExitCode:
     keeper_path = keeper_binary() if keeper else None
     if keeper and keeper_path is None:
         raise errors.BadInput("dumb-init (the keeper) is not installed; install the "
@@ -75,6 +76,7 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
         concurrency=concurrency,
         ready_timeout_s=ready_timeout_s,
         extra_args=check_extra_args(extra_args),
+        init_priority=init_priority,
         keeper=keeper_path,
         health_host=health[0] if health else "127.0.0.1",
         health_port=health[1] if health else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,14 @@ def default_base_id(state_dir: Path) -> int:
     state dirs do not share Envoy's /dev/shm segment, while two supervisors sharing one state
     dir (the two proxy slots of a pod) agree on it."""
     return 1 + zlib.crc32(str(state_dir.resolve()).encode()) % BASE_ID_RANGE
+
+
+class InitPriority(enum.StrEnum):
+    """How an upgrade's new generation initializes (see `upgrade.init_scheduling`)."""
+
+    AUTO = "auto"
+    IDLE = "idle"
+    NORMAL = "normal"
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,10 @@ class SupervisorSettings:
     exits and control requests wake the loop at once whatever the period."""
     extra_args: tuple[str, ...] = ()
     """Extra Envoy arguments, after `--` on the command line."""
+    init_priority: InitPriority = InitPriority.AUTO
+    """How an upgrade's new generation initializes (`upgrade.init_scheduling`): `auto`
+    (SCHED_IDLE until LIVE where the supervisor can restore it and the CPU is not saturated),
+    `idle` (the same, whatever the CPU pressure) or `normal`."""
     keeper: Path | None = None
     """dumb-init between the supervisor and each Envoy, so that Envoy (which dies with its
     parent) survives a supervisor crash; None spawns Envoy directly."""

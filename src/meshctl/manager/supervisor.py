@@ -39,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from meshctl import errors
+from meshctl import cpu, errors
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.drain.connections import count_downstream
 from meshctl.drain.policy import DrainPolicy
@@ -59,10 +59,10 @@ from meshctl.manager.phase import Phase, transition
 from meshctl.manager.pod import GenState, PodLedger
 from meshctl.manager.process import ChildProcess, become_subreaper, reap_children, tail
 from meshctl.manager.restarts import CrashLoop
-from meshctl.manager.settings import SupervisorSettings
+from meshctl.manager.settings import InitPriority, SupervisorSettings
 from meshctl.manager.state import HISTORY_KEEP, StateDir
 from meshctl.manager.stopper import Stopper, StopStep
-from meshctl.manager.upgrade import Upgrade
+from meshctl.manager.upgrade import Upgrade, init_scheduling
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,8 @@ class Supervisor:
     # ----------------------------------------------------------------- processes
 
     def _spawn(self, binary: Path, config: Path, policy: DrainPolicy, *,
-               no_parent_ok: bool = False, epoch: int | None = None) -> Generation:
+               no_parent_ok: bool = False, epoch: int | None = None,
+               idle: bool = False) -> Generation:
         if epoch is None:
             epoch = self.next_epoch
         self.next_epoch = epoch + 1
@@ -418,7 +419,7 @@ class Supervisor:
         self._prune_logs(keep_from=epoch - 5)
         try:
             process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ), log_path,
-                                         keeper=self.settings.keeper)
+                                         keeper=self.settings.keeper, idle=idle)
         except OSError as exc:
             raise errors.StartFailed(f"cannot start {binary}: {exc.strerror}") from exc
         gen = Generation(
@@ -535,7 +536,10 @@ class Supervisor:
         upgrade = self._new_upgrade(old, self.next_epoch, binary, config, policy, reason,
                                     ready_timeout_s)
         self.phase = transition(self.phase, Phase.UPGRADING)
-        new = self._spawn(binary, config, policy)
+        idle, upgrade.init_scheduling = init_scheduling(
+            self.settings.init_priority, cpu.can_restore(),
+            cpu.pressure() if self.settings.init_priority is InitPriority.AUTO else None)
+        new = self._spawn(binary, config, policy, idle=idle)
         upgrade.to_pid = new.pid
         upgrade.event(self.clock.monotonic(), "new_started")
         self.ready_deadline = Deadline(self.clock, ready_timeout_s)
@@ -727,6 +731,17 @@ class Supervisor:
         self._save()
 
     def _mark_live(self, gen: Generation) -> None:
+        # First, before anything else it costs: a generation that initialized under SCHED_IDLE
+        # now serves, and must compete for the CPU like its predecessor did. Checked on the
+        # process, not remembered, so that a generation adopted mid-upgrade is restored too.
+        if cpu.is_idle(gen.process.envoy_pid):
+            moved, refused = gen.process.restore_cpu()
+            if refused:
+                log.error("epoch %d: %d thread(s) could not leave idle priority (%d did)",
+                          gen.epoch, refused, moved)
+            else:
+                log.info("epoch %d: initialized at idle priority; %d thread(s) back to normal",
+                         gen.epoch, moved)
         gen.live_mono = self.clock.monotonic()
         gen.live_wall = self.clock.wall()
         gen.role = Role.LIVE

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshctl import cpu
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow
+from meshctl.manager.settings import InitPriority
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Upgrade:
     recovery: str | None = None
     """After a rollback: not_needed, recovered (a generation on the old binary and config
     replaced the wedged old one, see Trap 1) or failed."""
+    init_scheduling: str = "normal"
+    """How the new generation initialized: `idle until LIVE (...)` or `normal (why not)`."""
     events: list[tuple[float, str]] = field(default_factory=list)
     window: DrainWindow | None = None
     connections: int | None = None
@@ -59,7 +63,7 @@ class Upgrade:
             "live_after_s": self.live_after_s, "drain_s": self.drain_s,
             "total_s": self.total_s, "drain_end": self.drain_end,
             "forced_closes": self.forced_closes, "recovery": self.recovery,
-            "ready_timeout_s": self.ready_timeout_s,
+            "ready_timeout_s": self.ready_timeout_s, "init_scheduling": self.init_scheduling,
             "drain_policy": {
                 "drain_min_s": self.drain.drain_min_s, "drain_max_s": self.drain.drain_max_s,
                 "strategy": str(self.drain.strategy),
@@ -73,3 +77,23 @@ class Upgrade:
                 "time_left_s": round(self.window.time_left(now), 3),
             }
         return out
+
+
+def init_scheduling(mode: InitPriority, can_restore: bool,
+                    pressure: float | None) -> tuple[bool, str]:
+    """Whether a new generation initializes under SCHED_IDLE, and the words for the record.
+
+    `mode` is the supervisor's --init-priority. Only where the supervisor can move it back at
+    LIVE (else it would serve at idle priority), and in `auto` not on a saturated CPU, where
+    an idle Envoy could take minutes to initialize."""
+    if mode is InitPriority.NORMAL:
+        return False, "normal (--init-priority normal)"
+    if not can_restore:
+        return False, "normal (no CAP_SYS_NICE to restore it at LIVE)"
+    if mode is InitPriority.IDLE:
+        return True, "idle until LIVE (--init-priority idle)"
+    if pressure is None:
+        return False, "normal (CPU pressure unknown)"
+    if pressure >= cpu.SATURATED_PCT:
+        return False, f"normal (CPU pressure {pressure:g} %)"
+    return True, f"idle until LIVE (CPU pressure {pressure:g} %)"
