@@ -10,11 +10,11 @@ import pytest
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 
 
-def test_the_defaults_are_one_to_forty_five_seconds_immediate_with_five_seconds_grace() -> None:
+def test_the_defaults_are_one_to_forty_five_seconds_gradual_with_five_seconds_grace() -> None:
     policy = DrainPolicy()
     assert policy.drain_min_s == 1.0
     assert policy.drain_max_s == 45.0
-    assert policy.strategy is DrainStrategy.IMMEDIATE
+    assert policy.strategy is DrainStrategy.GRADUAL
     assert policy.stop_grace_s == 5.0
 
 

@@ -24,7 +24,7 @@ class DrainPolicy:
     drain_max_s: float = 45.0
     """The window always ends by this: connections still open are closed and counted as forced
     closes. Keep it below the pod's terminationGracePeriodSeconds minus stop_grace_s."""
-    strategy: DrainStrategy = DrainStrategy.IMMEDIATE
+    strategy: DrainStrategy = DrainStrategy.GRADUAL
     """Envoy's --drain-strategy for the draining generation."""
     stop_grace_s: float = 5.0
     """After SIGTERM, how long a generation gets to exit before SIGKILL."""
