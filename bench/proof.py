@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="load client processes (default 2)")
     parser.add_argument("--rate-fraction", type=float, default=0.0,
                         help="scenario 1's rate as a fraction of the closed-loop maximum "
-                             "(default 0.5)")
+                             "(default 0.3)")
     parser.add_argument("--drain-strategy", choices=["immediate", "gradual"], default="",
                         help="meshctl's drain strategy in the meshctl arms (default: meshctl's "
                              "own default)")

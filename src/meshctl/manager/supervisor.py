@@ -72,6 +72,15 @@ _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 # zero readings in a row end it) and in steady state (for status only). A reading walks the
 # kernel's whole TCP table: ~20 ms with 40k TIME_WAIT entries here.
 _DRAIN_SAMPLE_S = 0.25
+# Many connections left (a gradual drain spreads the closes over seconds): the window cannot
+# end before they are gone, so read less often; near idle, at the full rate again.
+_DRAIN_SAMPLE_BUSY_S = 1.0
+_NEAR_IDLE = 4
+
+
+def _drain_sample_s(connections: int | None) -> float:
+    return _DRAIN_SAMPLE_S if connections is None or connections <= _NEAR_IDLE \
+        else _DRAIN_SAMPLE_BUSY_S
 _CONNECTION_SAMPLE_S = 5.0
 _POD_CHECK_S = 0.25  # how often a slot's supervisor reads the pod ledger
 _SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
@@ -692,7 +701,8 @@ class Supervisor:
         if old.epoch in self.stoppers:
             self.stoppers[old.epoch].tick()
             return
-        if now - self._last_sample < _DRAIN_SAMPLE_S and upgrade.window.time_left(now) > 0:
+        if (now - self._last_sample < _drain_sample_s(old.connections)
+                and upgrade.window.time_left(now) > 0):
             return
         self._last_sample = now
         upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
@@ -864,7 +874,7 @@ class Supervisor:
         now = self.clock.monotonic()
         if (live is not None and live.alive and live.epoch not in self.stoppers
                 and self.shutdown_window is not None
-                and (now - self._last_sample >= _DRAIN_SAMPLE_S
+                and (now - self._last_sample >= _drain_sample_s(live.connections)
                      or self.shutdown_window.time_left(now) == 0)):
             self._last_sample = now
             live.connections = count_downstream(live.pid, live.listener_ports)
@@ -1014,7 +1024,8 @@ class Supervisor:
         if old.epoch in self.stoppers:
             self.stoppers[old.epoch].tick()
             return
-        if now - self._last_sample < _DRAIN_SAMPLE_S and upgrade.window.time_left(now) > 0:
+        if (now - self._last_sample < _drain_sample_s(old.connections)
+                and upgrade.window.time_left(now) > 0):
             return
         self._last_sample = now
         upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
