@@ -63,7 +63,7 @@ def test_an_idle_upgrade_ends_within_drain_min_plus_a_few_seconds_even_with_a_lo
     assert 2.0 <= record["drain_s"] < 2.0 + 2.0
     assert record["total_s"] < 2.0 + 3.0
     assert record["drain_policy"] == {"drain_min_s": 2.0, "drain_max_s": 60.0,
-                                      "strategy": "gradual"}
+                                      "strategy": "immediate"}
 
 
 def test_a_long_lived_stream_holds_the_old_generation_until_drain_max_then_is_one_forced_close(

@@ -10,11 +10,11 @@ import pytest
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 
 
-def test_the_defaults_are_one_to_forty_five_seconds_gradual_with_five_seconds_grace() -> None:
+def test_the_defaults_are_one_to_forty_five_seconds_immediate_with_five_seconds_grace() -> None:
     policy = DrainPolicy()
     assert policy.drain_min_s == 1.0
     assert policy.drain_max_s == 45.0
-    assert policy.strategy is DrainStrategy.GRADUAL
+    assert policy.strategy is DrainStrategy.IMMEDIATE
     assert policy.stop_grace_s == 5.0
 
 
@@ -58,6 +58,14 @@ def test_envoys_drain_time_spans_the_whole_window_rounded_up() -> None:
     assert DrainPolicy(drain_max_s=45).envoy_drain_time_s == 45
     assert DrainPolicy(drain_min_s=0, drain_max_s=2.1).envoy_drain_time_s == 3
     assert DrainPolicy(drain_min_s=0, drain_max_s=0.2).envoy_drain_time_s == 1
+
+
+def test_a_gradual_drain_asks_every_connection_by_half_the_window() -> None:
+    # The other half is left for the request in flight on the last connection asked.
+    gradual = DrainStrategy.GRADUAL
+    assert DrainPolicy(drain_max_s=45, strategy=gradual).envoy_drain_time_s == 22
+    assert DrainPolicy(drain_min_s=0, drain_max_s=6, strategy=gradual).envoy_drain_time_s == 3
+    assert DrainPolicy(drain_min_s=0, drain_max_s=1, strategy=gradual).envoy_drain_time_s == 1
 
 
 def test_envoys_parent_shutdown_timer_fires_only_after_meshctl_would_have_ended_the_drain() -> None:

@@ -73,7 +73,7 @@ SettingsOpt = Annotated[
 ]
 DrainStrategyOpt = Annotated[
     DrainStrategy | None,
-    typer.Option("--drain-strategy", help="Envoy's drain strategy (default gradual).")
+    typer.Option("--drain-strategy", help="Envoy's drain strategy (default immediate).")
 ]
 
 
