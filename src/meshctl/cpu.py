@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,18 +36,8 @@ def set_idle(tid: int = 0) -> bool:
 
 
 def set_process_idle(pid: int) -> int:
-    """Every thread of a process under SCHED_IDLE. Returns how many threads were moved.
-
-    Listed twice: a thread created while the first pass ran inherits the policy of the thread
-    that created it, which may not have been moved yet."""
-    moved: set[int] = set()
-    for _ in range(2):
-        with contextlib.suppress(OSError):
-            for name in os.listdir(f"/proc/{pid}/task"):
-                tid = int(name)
-                if tid not in moved and set_idle(tid):
-                    moved.add(tid)
-    return len(moved)
+    """Every thread of a process under SCHED_IDLE. Returns how many threads were moved."""
+    return _move_threads(pid, set_idle)[0]
 
 
 SATURATED_PCT = 80.0
@@ -95,8 +86,14 @@ def set_normal(tid: int = 0) -> bool:
 
 
 def set_process_normal(pid: int) -> tuple[int, int]:
-    """Every thread of a process back under SCHED_OTHER: (moved, refused). Listed twice, as
-    in `set_process_idle`; a thread that ended meanwhile counts as neither."""
+    """Every thread of a process back under SCHED_OTHER: (moved, refused)."""
+    return _move_threads(pid, set_normal)
+
+
+def _move_threads(pid: int, move: Callable[[int], bool]) -> tuple[int, int]:
+    """`move` every thread of `pid`: (moved, refused; a thread that ended meanwhile counts as
+    neither). Listed twice: a thread created while the first pass ran inherits the policy of
+    the thread that created it, which may not have been moved yet."""
     moved: set[int] = set()
     refused: set[int] = set()
     for _ in range(2):
@@ -105,7 +102,7 @@ def set_process_normal(pid: int) -> tuple[int, int]:
                 tid = int(name)
                 if tid in moved:
                     continue
-                if set_normal(tid):
+                if move(tid):
                     moved.add(tid)
                     refused.discard(tid)
                 elif os.path.exists(f"/proc/{pid}/task/{tid}"):
