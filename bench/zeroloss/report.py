@@ -280,15 +280,16 @@ def build_markdown(suite: Mapping[str, Any], docs_path: Path) -> str:
                         f"{f.get('tcp_table', 0):,}"]
                        for when, f in sup["readings"].items()]),
                 "",
-                "Where the idle supervisor's CPU goes: its loop wakes every 100 ms (`tick_s`), "
-                "and every 2 s it counts the live generation's connections (for `meshctl "
+                "Where the idle supervisor's CPU goes: in steady state its loop wakes every "
+                "0.5 s (`idle_tick_s`), and every 5 s it counts the live generation's "
+                "connections (for `meshctl "
                 "status`) through sock_diag, which walks the kernel's whole TCP table, "
                 "TIME_WAIT entries included (the new-connection-per-request traffic leaves "
                 "thousands). One count, timed in the benchmark's own process at each reading: "
                 + ", ".join(f"{f['count_ms']:.1f} ms of CPU with {f.get('tcp_table', 0):,} "
                             f"entries" for f in sup["readings"].values() if "count_ms" in f)
                 + ", so the counts alone take "
-                + ", ".join(f"{f['count_ms'] / 20:.2f} %" for f in sup["readings"].values()
+                + ", ".join(f"{f['count_ms'] / 50:.2f} %" for f in sup["readings"].values()
                             if "count_ms" in f) + " of a core.",
                 "", "RSS after each scenario's load: " + ", ".join(
                     f"{k} {v:.1f} MB" for k, v in sup.get("rss_readings_mb", {}).items()

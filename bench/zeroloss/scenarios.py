@@ -292,7 +292,7 @@ class Suite:
 
 def _count_cost_ms(samples: int = 10) -> float:
     """CPU milliseconds of one connection count, meshctl's own function, in this process: what
-    the idle supervisor spends on it every 2 s with the machine's TCP table as it is now."""
+    the idle supervisor spends on it every 5 s with the machine's TCP table as it is now."""
     started = time.process_time()
     for _ in range(samples):
         count_downstream(os.getpid(), {1})

@@ -76,15 +76,15 @@ _DRAIN_SAMPLE_S = 0.25
 # end before they are gone, so read less often; near idle, at the full rate again.
 _DRAIN_SAMPLE_BUSY_S = 1.0
 _NEAR_IDLE = 4
+_CONNECTION_SAMPLE_S = 5.0
+_POD_CHECK_S = 0.25  # how often a slot's supervisor reads the pod ledger
+_SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
+                             Phase.ROLLING_BACK, Phase.RECOVERING})
 
 
 def _drain_sample_s(connections: int | None) -> float:
     return _DRAIN_SAMPLE_S if connections is None or connections <= _NEAR_IDLE \
         else _DRAIN_SAMPLE_BUSY_S
-_CONNECTION_SAMPLE_S = 5.0
-_POD_CHECK_S = 0.25  # how often a slot's supervisor reads the pod ledger
-_SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
-                             Phase.ROLLING_BACK, Phase.RECOVERING})
 
 
 class Supervisor:
@@ -464,6 +464,8 @@ class Supervisor:
     def _exited(self, gen: Generation) -> None:
         gen.role = Role.EXITED
         log.info("epoch %d: pid %d %s", gen.epoch, gen.pid, gen.process.describe_exit())
+        if gen.epoch in self.stoppers:  # its stop's last named step, before any record closes
+            self.stoppers[gen.epoch].tick()
         if self.ledger is not None:
             self.ledger.record(gen.epoch, GenState.EXITED if gen.live_mono is not None
                                else GenState.FAILED, exit=gen.process.describe_exit())
@@ -690,8 +692,6 @@ class Supervisor:
                           f"the old generation was draining: {_last_log(self.live)}")
             return
         if not old.alive:
-            if old.epoch in self.stoppers:  # its last named step: "stopped", before the record
-                self.stoppers[old.epoch].tick()
             if upgrade.drain_end is None:
                 upgrade.drain_end = "envoy" if old.process.exit_status == 0 else "exited"
             upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
