@@ -10,7 +10,7 @@ created afterwards.
 
 Where the supervisor may move threads back (`can_restore()`: CAP_SYS_NICE, as root on a host,
 or a container granted SYS_NICE), a new generation also initializes under SCHED_IDLE and is
-put back under the normal policy the moment it is LIVE (`ChildProcess.restore_cpu`): Envoy's
+put back under the normal policy the moment its workers start (`manager.initwatch`): Envoy's
 start-up burst then no longer competes with the generation that is serving.
 """
 
@@ -108,6 +108,14 @@ def _move_threads(pid: int, move: Callable[[int], bool]) -> tuple[int, int]:
                 elif os.path.exists(f"/proc/{pid}/task/{tid}"):
                     refused.add(tid)
     return len(moved), len(refused)
+
+
+def idle_threads(pid: int) -> int:
+    """How many threads of `pid` are under SCHED_IDLE (0 if it is gone)."""
+    try:
+        return sum(is_idle(int(tid)) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def is_idle(tid: int = 0) -> bool:

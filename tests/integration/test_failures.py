@@ -372,8 +372,11 @@ def test_a_new_generation_initializes_at_idle_priority_and_serves_at_normal_prio
     assert record["init_scheduling"] == "idle until LIVE (--init-priority idle)"
     live = _threads_idle(record["to_pid"])
     assert live and not any(live), live
-    assert re.search(rf"epoch {record['to_epoch']}: initialized at idle priority; [1-9]\d* "
-                     r"thread\(s\) back to normal", meshctl.supervisor_log())
+    # Restored when its workers started, not at the LIVE poll up to a tick later.
+    events = [e["event"] for e in record["events"]]
+    assert events.index("new_started") < events.index("new_restored") < events.index("new_live")
+    assert re.search(rf"epoch {record['to_epoch']}: workers started; [1-9]\d* "
+                     r"thread\(s\) back to normal priority\n", meshctl.supervisor_log())
     assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
 
 
@@ -383,4 +386,5 @@ def test_init_priority_normal_starts_a_new_generation_like_any_other(
     done = meshctl.cli("upgrade", "--wait", "-o", "json")
     record = json.loads(done.stdout)
     assert record["init_scheduling"] == "normal (--init-priority normal)"
-    assert "initialized at idle priority" not in meshctl.supervisor_log()
+    assert "new_restored" not in [e["event"] for e in record["events"]]
+    assert "back to normal" not in meshctl.supervisor_log()

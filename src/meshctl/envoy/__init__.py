@@ -4,6 +4,7 @@
 - `argv`:       the command line and environment of one Envoy generation (pure)
 - `admin`:      the admin API (readiness, server info, listeners, drain)
 - `hotrestart`: the hot-restart files (domain sockets, shared memory) and their cleanup
+- `threads`:    Envoy's thread names: the workers' start is the moment a generation serves
 - `standin`:    the stand-in that answers for a parent generation that meshctl ended early
 
 The supervisor (`meshctl.manager`) and the drain window (`meshctl.drain`) use only these

@@ -54,6 +54,7 @@ from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import Command, ControlServer
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.health import HealthServer
+from meshctl.manager.initwatch import InitWatch, Restored
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
 from meshctl.manager.pod import GenState, PodLedger
@@ -109,6 +110,8 @@ class Supervisor:
         self.shutdown_window: DrainWindow | None = None
         self.graceful_stop = True
         self.ready_deadline: Deadline | None = None
+        self.init_watch: InitWatch | None = None
+        """While an upgrade's new generation initializes under SCHED_IDLE."""
         self.crashes = CrashLoop(settings.restarts, self.clock)
         self.restart_at: Deadline | None = None
         self.restarting = False
@@ -553,6 +556,9 @@ class Supervisor:
         new = self._spawn(binary, config, policy, idle=idle)
         upgrade.to_pid = new.pid
         upgrade.event(self.clock.monotonic(), "new_started")
+        self._end_init_watch()
+        if idle:
+            self.init_watch = InitWatch(new.process, new.epoch, self.clock).start()
         self.ready_deadline = Deadline(self.clock, ready_timeout_s)
         log.info("upgrade %s: epoch %d -> %d (%s)", upgrade.id, old.epoch, new.epoch, reason)
         self._save()
@@ -577,6 +583,9 @@ class Supervisor:
         """`new` is LIVE: it gets the traffic, the live one starts draining."""
         upgrade = self.upgrade
         assert upgrade is not None
+        restored = self._end_init_watch()
+        if restored is not None:
+            upgrade.event(restored.at_mono, "new_restored")
         self._mark_live(new)
         now = self.clock.monotonic()
         if upgrade.recovery is None:
@@ -600,6 +609,7 @@ class Supervisor:
         upgrade = self.upgrade
         assert upgrade is not None
         upgrade.event(self.clock.monotonic(), "rollback")
+        self._end_init_watch()
         log.error("upgrade %s: rolling back: %s", upgrade.id, upgrade.error)
         self.phase = transition(self.phase, Phase.ROLLING_BACK)
         self._end(failed, self.settings.drain.stop_grace_s)
@@ -740,11 +750,20 @@ class Supervisor:
             self.phase = transition(self.phase, Phase.RUNNING)
         self._save()
 
+    def _end_init_watch(self) -> Restored | None:
+        """Stops the watch of an idle init, if any: when it restored the generation."""
+        watch, self.init_watch = self.init_watch, None
+        if watch is None:
+            return None
+        watch.stop()
+        return watch.restored
+
     def _mark_live(self, gen: Generation) -> None:
         # First, before anything else it costs: a generation that initialized under SCHED_IDLE
-        # now serves, and must compete for the CPU like its predecessor did. Checked on the
-        # process, not remembered, so that a generation adopted mid-upgrade is restored too.
-        if cpu.is_idle(gen.process.envoy_pid):
+        # now serves, and must compete for the CPU like its predecessor did. The init watch
+        # restored it when its workers started; checked here on every thread of the process,
+        # not remembered, for what the watch missed and for a generation adopted mid-upgrade.
+        if cpu.idle_threads(gen.process.envoy_pid):
             moved, refused = gen.process.restore_cpu()
             if refused:
                 log.error("epoch %d: %d thread(s) could not leave idle priority (%d did)",
