@@ -5,7 +5,7 @@ upgrade storm, slow requests with a long-lived TCP stream, failed upgrades), eac
 arms in this run, and writes a JSON result and a PNG timeline per scenario, then
 docs/benchmarks.md with the tables and pictures.
 
-    python bench/proof.py                  # the full run, about 10 minutes
+    python bench/proof.py                  # the full run, about 14 minutes
     python bench/proof.py --smoke          # < 60 s, writes to /tmp/meshctl-proof-smoke/
     python bench/proof.py --scenarios storm,slow
     python bench/proof.py --report-only    # rebuild the PNGs and the page from the JSON
@@ -82,12 +82,15 @@ def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> in
                                    new_version=versions["new"],
                                    workers=args.workers or preset.workers,
                                    rate_fraction=args.rate_fraction or preset.rate_fraction,
+                                   rounds=args.rounds or preset.rounds,
                                    drain_strategy=args.drain_strategy,
                                    attempts_dir=args.attempts and args.attempts.absolute())
     keys = list(SCENARIOS) if not args.scenarios else args.scenarios.split(",")
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
         sys.exit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if settings.rounds < 1:
+        sys.exit(f"--rounds must be at least 1, got {settings.rounds}")
     if not 0 < settings.rate_fraction <= 1:
         sys.exit(f"--rate-fraction must be in (0, 1], got {settings.rate_fraction:g}")
     started = time.monotonic()
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-fraction", type=float, default=0.0,
                         help="scenario 1's rate as a fraction of the closed-loop maximum "
                              "(default 0.3)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="scenario 1's rounds, each a fresh pair of arms, pooled for the "
+                             "latency target (default 5; 1 with --smoke)")
     parser.add_argument("--drain-strategy", choices=["immediate", "gradual"], default="",
                         help="meshctl's drain strategy in the meshctl arms (default: meshctl's "
                              "own default)")

@@ -12,8 +12,16 @@ Windows, for an arm with upgrades:
   done; naive: the new, or the restarted old, Envoy LIVE);
 - handover: the same, but from the moment the upgrade was requested (the supervisor was asked;
   the naive arm's SIGTERM);
-- after: from the end of the last upgrade to the end of the load.
+- after: from the end of the last upgrade to the end of the load;
+- control: a window as long as `during`, starting `CONTROL_GAP_S` after it ends, with no
+  upgrade in it: the ratio of its p99 to the p99 before is what this machine's own noise does
+  to a window that short (the `null` ratio beside the upgrade's).
 Latency percentiles are over the requests that succeeded; the failures are counted beside them.
+
+Rounds (scenario 1): the same upgrade repeated in fresh arms; `pool()` takes every round's
+successful latencies per window together, so that one burst of the machine's noise in one
+2-second window does not decide the verdict (see docs/latency.md for the spread of single
+windows).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ SUSTAINED_QUEUE_P99_S = 0.05
 client for a free lane (and none was left unsent). Beyond it the machine did not keep up: the
 queue in the client, not the proxy, makes the latency, and p99 ratios mean little."""
 _END_EVENTS_SKIP = frozenset({"command_done"})
+CONTROL_GAP_S = 2.0
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -154,8 +163,10 @@ def ratio(after: float | None, before: float | None) -> float | None:
 def summarize_arm(name: str, attempts: Sequence[records.Attempt], *, load_start: float,
                   load_start_wall: float, duration_s: float,
                   upgrades: Sequence[Mapping[str, Any]], warmup_s: float = 1.0,
-                  bin_s: float = BIN_S) -> dict[str, Any]:
-    """The result of one arm: accounting, windows, latency per window, timeline, events."""
+                  bin_s: float = BIN_S, samples: bool = False) -> dict[str, Any]:
+    """The result of one arm: accounting, windows, latency per window, timeline, events.
+    `samples`: also every successful latency (ms) of the before, during and control windows,
+    under `samples`, for `pool()` (the caller drops them before writing the result)."""
     reqs = records.fold(attempts)
     acc = records.account(reqs, attempts=len(attempts))
     spans = upgrade_spans(upgrades, load_start_wall)
@@ -166,10 +177,16 @@ def summarize_arm(name: str, attempts: Sequence[records.Attempt], *, load_start:
             return []
         return [r for r in reqs if span.contains(r.intended_s - load_start)]
 
+    control = (None if win.during is None else
+               Span(win.during.end_s + CONTROL_GAP_S,
+                    win.during.end_s + CONTROL_GAP_S + win.during.end_s - win.during.start_s))
+    if control is not None and control.end_s > duration_s:
+        control = None
     latency = {"all": latency_summary(reqs), "before": latency_summary(within(win.before)),
                "during": latency_summary(within(win.during)),
                "handover": latency_summary(within(win.handover)),
-               "after": latency_summary(within(win.after))}
+               "after": latency_summary(within(win.after)),
+               "control": latency_summary(within(control))}
     by_mode = {mode: latency_summary(r for r in reqs if r.mode == mode)
                for mode in sorted({r.mode for r in reqs})}
     waits = sorted(a.start_s - a.intended_s for a in attempts
@@ -182,7 +199,7 @@ def summarize_arm(name: str, attempts: Sequence[records.Attempt], *, load_start:
     failures = [{"t_s": round(r.intended_s - load_start, 4), "mode": r.mode,
                  "outcome": r.outcome, "latency_ms": round(r.latency_s * 1000, 3)}
                 for r in records.iter_failures(reqs)]
-    return {
+    out = {
         "arm": name,
         "accounting": acc.to_json(),
         "rate_achieved": round(acc.requests / duration_s, 1) if duration_s else None,
@@ -193,10 +210,42 @@ def summarize_arm(name: str, attempts: Sequence[records.Attempt], *, load_start:
         "p99_ratio": ratio(latency["during"]["p99_ms"], latency["before"]["p99_ms"]),
         "p99_ratio_handover": ratio(latency["handover"]["p99_ms"],
                                     latency["before"]["p99_ms"]),
+        "p99_ratio_control": ratio(latency["control"]["p99_ms"],
+                                   latency["before"]["p99_ms"]),
+        "control_window": None if control is None else control.to_json(),
         "upgrades": list(upgrades),
         "events": relative_events(upgrades, load_start_wall),
         "failures_first": failures[:25],
         "timeline": timeline(reqs, load_start, duration_s, bin_s),
+    }
+    if samples:
+        out["samples"] = {name: [round(r.latency_s * 1000.0, 3) for r in within(span) if r.ok]
+                          for name, span in (("before", win.before), ("during", win.during),
+                                             ("control", control))}
+    return out
+
+
+def pool(arms: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One arm's rounds together (each a `summarize_arm(samples=True)` result): requests and
+    failures summed, p99 of every round's before / during / control latencies taken together,
+    and each round's own ratio beside it."""
+    merged: dict[str, list[float]] = {"before": [], "during": [], "control": []}
+    for arm in arms:
+        for name, values in arm["samples"].items():
+            merged[name] += values
+    p99 = {name: percentile(sorted(values), 99) for name, values in merged.items()}
+    ratios = [arm.get("p99_ratio") for arm in arms]
+    known = sorted(r for r in ratios if r is not None)
+    return {
+        "rounds": len(arms),
+        "requests": sum(arm["accounting"]["requests"] for arm in arms),
+        "failed": sum(arm["accounting"]["failed"] for arm in arms),
+        "p99_ms": {name: None if v is None else round(v, 3) for name, v in p99.items()},
+        "p99_ratio": ratio(p99["during"], p99["before"]),
+        "p99_ratio_control": ratio(p99["control"], p99["before"]),
+        "round_ratios": ratios,
+        "round_ratio_median": round(known[len(known) // 2], 3) if known else None,
+        "round_ratios_control": [arm.get("p99_ratio_control") for arm in arms],
     }
 
 
@@ -208,6 +257,10 @@ CPU_PCT_MAX = 1.0
 RSS_MB_MAX = 60.0
 
 
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def targets(scenarios: Mapping[str, Mapping[str, Any]],
             supervisor: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The issue's targets, each measured in this run: met or not, and the figure."""
@@ -217,25 +270,39 @@ def targets(scenarios: Mapping[str, Mapping[str, Any]],
         mesh, naive = arms.get("meshctl"), arms.get("naive")
         if mesh is None:
             continue
+        pooled = scen.get("pooled") or {}
         if key in FAILURE_TARGET_SCENARIOS:
-            failed = mesh["accounting"]["failed"]
+            counted = pooled.get("meshctl") or mesh["accounting"]
+            other = pooled.get("naive") or (naive["accounting"] if naive else None)
+            failed = counted["failed"]
+            rounds = f" in {pooled['meshctl']['rounds']} rounds" if pooled else ""
             out.append({
                 "target": f"{key}: 0 failed requests with meshctl",
-                "value": f"{failed} of {mesh['accounting']['requests']:,}"
-                         + (f" (naive: {naive['accounting']['failed']:,} of "
-                            f"{naive['accounting']['requests']:,})" if naive else ""),
+                "value": f"{failed} of {counted['requests']:,}{rounds}"
+                         + (f" (naive: {other['failed']:,} of {other['requests']:,})"
+                            if other else ""),
                 "met": failed == 0})
-        r = mesh.get("p99_ratio")
-        before = mesh["latency"]["before"]["p99_ms"]
-        during = mesh["latency"]["during"]["p99_ms"]
         queue = mesh.get("client_queue") or {}
         note = ("" if queue.get("sustained", True) else
                 f"; the machine did not sustain the rate (client queue p99 "
                 f"{queue.get('p99_ms') or 0:,.0f} ms)")
+        if pooled:
+            pm = pooled["meshctl"]
+            r = pm["p99_ratio"]
+            value = ("-" if r is None else
+                     f"{r:.2f}x over {pm['rounds']} rounds ({pm['p99_ms']['during']:.1f} ms / "
+                     f"{pm['p99_ms']['before']:.1f} ms); rounds "
+                     + ", ".join("-" if x is None else f"{x:.2f}x" for x in pm["round_ratios"])
+                     + f"; a window as long without an upgrade: "
+                     f"{_x(pm['p99_ratio_control'])}")
+        else:
+            r = mesh.get("p99_ratio")
+            before = mesh["latency"]["before"]["p99_ms"]
+            during = mesh["latency"]["during"]["p99_ms"]
+            value = "-" if r is None else f"{r:.2f}x ({during:.1f} ms / {before:.1f} ms)"
         out.append({
             "target": f"{key}: p99 during the upgrade window <= {P99_RATIO_MAX:g}x p99 before",
-            "value": ("-" if r is None else
-                      f"{r:.2f}x ({during:.1f} ms / {before:.1f} ms)") + note,
+            "value": value + note,
             "met": r is not None and r <= P99_RATIO_MAX})
     if supervisor:
         cpu = supervisor.get("cpu_pct_of_one_core")

@@ -318,12 +318,41 @@ def _others(counts_: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {what}" for what, n in counts_.items() if n) or "none"
 
 
+ROUND_HEADERS = ["round", "meshctl requests", "failed", "p99 before / during / control",
+                 "p99 ratio", "control ratio", "naive failed", "naive p99 ratio",
+                 "naive control ratio"]
+
+
+def rounds_table(scenario: Mapping[str, Any]) -> str:
+    rows: list[list[object]] = []
+    for i, r in enumerate(scenario["rounds"], start=1):
+        m, n = r["meshctl"], r["naive"]
+        rows.append([i, f"{m['requests']:,}", f"**{m['failed']:,}**",
+                     f"{ms(m['p99_before_ms'])} / {ms(m['p99_during_ms'])} / "
+                     f"{ms(m['p99_control_ms'])}", _ratio(m["p99_ratio"]),
+                     _ratio(m["p99_ratio_control"]), f"{n['failed']:,}",
+                     _ratio(n["p99_ratio"]), _ratio(n["p99_ratio_control"])])
+    pm, pn = scenario["pooled"]["meshctl"], scenario["pooled"]["naive"]
+    rows.append(["**pooled**", f"{pm['requests']:,}", f"**{pm['failed']:,}**",
+                 f"{ms(pm['p99_ms']['before'])} / {ms(pm['p99_ms']['during'])} / "
+                 f"{ms(pm['p99_ms']['control'])}", f"**{_ratio(pm['p99_ratio'])}**",
+                 _ratio(pm["p99_ratio_control"]), f"{pn['failed']:,}",
+                 _ratio(pn["p99_ratio"]), _ratio(pn["p99_ratio_control"])])
+    return table(ROUND_HEADERS, rows)
+
+
 def _scenario_section(i: int, key: str, scen: Mapping[str, Any], suite: Mapping[str, Any],
                       base: Path) -> list[str]:
     out = [f"## {i}. {scen['title']}", "", scen["what"] + ".", ""]
     if (scen.get("calibration") or {}).get("client_mix"):
         out += ["Highest rate, closed loop, measured first:", "",
                 calibration_table(scen["calibration"]), ""]
+    if len(scen.get("rounds") or []) > 1:
+        out += [f"Every round (round {scen.get('shown_round')} is the one in the table and "
+                "the picture below); `pooled` takes every round's requests of each window "
+                "together. The control is a window as long as the upgrade's, 2 s after it, "
+                "with no upgrade in it: what the machine's own noise does to a window that "
+                "short.", "", rounds_table(scen), ""]
     out += [table(ARM_HEADERS, arm_rows(scen)), ""]
     for name, arm in scen["arms"].items():
         load = arm.get("load", {})
