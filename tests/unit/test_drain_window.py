@@ -88,3 +88,20 @@ def test_time_left_counts_down_to_zero_and_stays_there(window: DrainWindow) -> N
 
 def test_elapsed_is_measured_from_the_start(window: DrainWindow) -> None:
     assert window.elapsed(START + 7.25) == 7.25
+
+
+def test_readings_start_when_two_in_a_row_can_reach_the_minimum(window: DrainWindow) -> None:
+    first = window.first_useful_reading(0.25)
+    assert first == START + 1.75
+    # Read from there at the interval: the window still ends at drain_min_s, as it would
+    # with readings from the start.
+    assert window.decide(first, connections=0) is Verdict.WAIT
+    assert window.decide(first + 0.25, connections=0) is Verdict.IDLE
+
+
+def test_with_no_minimum_readings_start_at_once() -> None:
+    window = DrainWindow(DrainPolicy(drain_min_s=0.1, drain_max_s=10), started_at=START)
+    assert window.first_useful_reading(0.25) == START
+    single = DrainWindow(DrainPolicy(drain_min_s=2, drain_max_s=10), started_at=START,
+                         idle_samples=1)
+    assert single.first_useful_reading(0.25) == START + 2.0

@@ -35,6 +35,15 @@ class DrainWindow:
     def time_left(self, now: float) -> float:
         return max(0.0, self.policy.drain_max_s - self.elapsed(now))
 
+    def first_useful_reading(self, interval_s: float) -> float:
+        """The earliest (monotonic) time a connection reading can help end the window: the
+        `idle_samples` zero readings in a row must reach drain_min_s, so readings earlier than
+        drain_min_s - (idle_samples - 1) * interval_s cannot end it. Each reading walks the
+        kernel's TCP table (milliseconds of CPU), right when the new generation takes the
+        clients: skipping the useless ones keeps that CPU for it."""
+        return self.started_at + max(0.0, self.policy.drain_min_s
+                                     - (self.idle_samples - 1) * interval_s)
+
     def decide(self, now: float, connections: int | None) -> Verdict:
         """`connections` is None when it could not be read; we then wait for the deadline
         rather than guess the generation is idle."""

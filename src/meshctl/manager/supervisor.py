@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 # How often connections are read from the kernel: while draining (the window's input; two
-# zero readings in a row end it) and in steady state (for status only). A reading walks the
+# zero readings in a row end it; none before they could, `DrainWindow.first_useful_reading`)
+# and in steady state (for status only). A reading walks the
 # kernel's whole TCP table: ~20 ms with 40k TIME_WAIT entries here.
 _DRAIN_SAMPLE_S = 0.25
 # Many connections left (a gradual drain spreads the closes over seconds): the window cannot
@@ -711,8 +712,7 @@ class Supervisor:
         if old.epoch in self.stoppers:
             self.stoppers[old.epoch].tick()
             return
-        if (now - self._last_sample < _drain_sample_s(old.connections)
-                and upgrade.window.time_left(now) > 0):
+        if not self._drain_reading_due(upgrade.window, now, old):
             return
         self._last_sample = now
         upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
@@ -726,6 +726,12 @@ class Supervisor:
         log.info("upgrade %s: drain window ends (%s) after %.1fs, %s connection(s) left",
                  upgrade.id, verdict.value, upgrade.window.elapsed(now), old.connections)
         self._end(old, upgrade.drain.stop_grace_s)
+
+    def _drain_reading_due(self, window: DrainWindow, now: float, old: Generation) -> bool:
+        if window.time_left(now) == 0:
+            return True
+        return (now >= window.first_useful_reading(_DRAIN_SAMPLE_S)
+                and now - self._last_sample >= _drain_sample_s(old.connections))
 
     def _finish_upgrade(self, result: str) -> None:
         upgrade = self.upgrade
@@ -893,8 +899,7 @@ class Supervisor:
         now = self.clock.monotonic()
         if (live is not None and live.alive and live.epoch not in self.stoppers
                 and self.shutdown_window is not None
-                and (now - self._last_sample >= _drain_sample_s(live.connections)
-                     or self.shutdown_window.time_left(now) == 0)):
+                and self._drain_reading_due(self.shutdown_window, now, live)):
             self._last_sample = now
             live.connections = count_downstream(live.pid, live.listener_ports)
             verdict = self.shutdown_window.decide(now, live.connections)
@@ -1043,8 +1048,7 @@ class Supervisor:
         if old.epoch in self.stoppers:
             self.stoppers[old.epoch].tick()
             return
-        if (now - self._last_sample < _drain_sample_s(old.connections)
-                and upgrade.window.time_left(now) > 0):
+        if not self._drain_reading_due(upgrade.window, now, old):
             return
         self._last_sample = now
         upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
