@@ -1,11 +1,11 @@
-"""The upstream behind Envoy: a threaded HTTP/1.1 server that waits a configurable delay before
+"""The upstream behind Envoy: an HTTP/1.1 server (asyncio) that waits a configurable delay before
 it answers, and a TCP echo server for the long-lived stream.
 
 The delay makes requests span a handover: a request Envoy forwarded just before an upgrade is
 still in flight on the old generation when the new one takes the listeners. Each request may set
 its own delay with `?delay_ms=N`; `--delay-ms` is the default.
 
-One thread per connection (Envoy keeps a pool of upstream connections, one request at a time on
+One event loop per process (Envoy keeps a pool of upstream connections, one request at a time on
 each for HTTP/1.1), a minimal parser, and `processes` copies of the server on one port
 (SO_REUSEPORT) so that the Python server is not the bottleneck of the benchmark. Each process
 counts what it received and served; `Upstream.stats()` adds them up, so that the client's count
@@ -19,6 +19,7 @@ stdin closes (so it never outlives the benchmark that started it).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -83,7 +84,14 @@ def _content_length(head: bytes) -> int:
 
 
 class HttpServer:
-    """The HTTP server of one process: an accept thread and a thread per connection."""
+    """The HTTP server of one process: an asyncio event loop in a thread of its own.
+
+    Not a thread per connection: at an upgrade's handover every keep-alive client reconnects
+    at once and the new Envoy opens its upstream connections for them, and a thread per
+    connection then made the accept thread wait for the GIL tens of times in 60 ms (perf
+    sched, off-CPU stacks in futex_wait while Envoy's workers idled in epoll_wait): a p99
+    spike of the benchmark's own upstream, in both arms. One loop accepts a burst in one
+    go and answers each request from a callback."""
 
     def __init__(self, port: int = 0, *, delay_s: float = 0.0, reuse_port: bool = False,
                  host: str = "127.0.0.1") -> None:
@@ -94,84 +102,100 @@ class HttpServer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.sock.bind((host, port))
         self.sock.listen(1024)
+        self.sock.setblocking(False)
         self.port = int(self.sock.getsockname()[1])
-        self._lock = threading.Lock()
         self.counts = Counts()
-        self._conns: set[socket.socket] = set()
-        self._closed = False
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="http-accept")
+        self.loop = asyncio.new_event_loop()
+        self._transports: set[asyncio.Transport] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="http-loop")
 
     def start(self) -> HttpServer:
         self._thread.start()
+        self._started.wait(10)
         return self
 
     def snapshot(self) -> Counts:
-        with self._lock:
-            return Counts(self.counts.received, self.counts.served, self.counts.connections)
+        # The counters change on the loop's thread only; ints are read atomically.
+        return Counts(self.counts.received, self.counts.served, self.counts.connections)
 
     def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._shutdown)
+            self._thread.join(timeout=5)
+        else:
+            self.sock.close()
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.counts.connections += 1
-                self._conns.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="http-conn").start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._server = self.loop.run_until_complete(self.loop.create_server(
+            lambda: _HttpConnection(self), sock=self.sock, backlog=1024))
+        self._started.set()
         try:
-            while True:
-                end = buf.find(b"\r\n\r\n")
-                while end < 0:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                    if len(buf) > _MAX_HEAD:
-                        conn.sendall(_BAD)
-                        return
-                    end = buf.find(b"\r\n\r\n")
-                head, buf = buf[:end], buf[end + 4:]
-                body = _content_length(head)
-                while len(buf) < body:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf[body:]
-                with self._lock:
-                    self.counts.received += 1
-                parts = head.split(b" ", 2)
-                delay = request_delay_s(parts[1], self.delay_s) if len(parts) > 1 else 0.0
-                if delay:
-                    time.sleep(delay)
-                conn.sendall(_RESPONSE)
-                with self._lock:
-                    self.counts.served += 1
-        except OSError:
-            return
+            self.loop.run_forever()
         finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
+            self.loop.close()
+
+    def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for transport in list(self._transports):
+            transport.abort()  # closes its socket in a callback: stop after those
+        self.loop.call_soon(self.loop.stop)
+
+
+class _HttpConnection(asyncio.Protocol):
+    """One connection: requests parsed as they come, each answered after its delay. Envoy
+    sends one request at a time on an HTTP/1.1 upstream connection, so answers keep the
+    order of the requests."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.counts.connections += 1
+        self.server._transports.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.server._transports.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > _MAX_HEAD:
+                    self._bad()
+                return
+            head = bytes(self.buf[:end])
+            body = _content_length(head)
+            if len(self.buf) < end + 4 + body:
+                return
+            del self.buf[:end + 4 + body]
+            self.server.counts.received += 1
+            parts = head.split(b" ", 2)
+            delay = request_delay_s(parts[1], self.server.delay_s) if len(parts) > 1 else 0.0
+            if delay:
+                self.server.loop.call_later(delay, self._respond)
+            else:
+                self._respond()
+
+    def _respond(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(_RESPONSE)
+        self.server.counts.served += 1
+
+    def _bad(self) -> None:
+        assert self.transport is not None
+        self.transport.write(_BAD)
+        self.transport.close()
 
 
 class EchoServer:

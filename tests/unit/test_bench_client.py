@@ -418,3 +418,44 @@ def test_the_upstream_holds_a_request_for_the_delay_it_asks_for() -> None:
     assert [a.outcome for a in attempts] == ["200", "200"]
     assert all(a.end_s - a.start_s >= 0.2 for a in attempts)
     assert srv.snapshot().served == 2
+
+
+def test_the_upstream_takes_a_burst_of_connections_and_counts_each_request_once() -> None:
+    # An upgrade's handover: every client reconnects at once, each on a new connection.
+    srv = HttpServer(0).start()
+    conns = []
+    try:
+        for _ in range(200):
+            conns.append(socket.create_connection(("127.0.0.1", srv.port)))
+        for i, conn in enumerate(conns):
+            body = b"x" * (i % 3)
+            conn.sendall(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body
+                         + b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        for conn in conns:
+            conn.settimeout(5)
+            got = b""
+            while got.count(b"ok\n") < 2:
+                got += conn.recv(4096)
+            assert got.count(b"HTTP/1.1 200 OK") == 2
+    finally:
+        for conn in conns:
+            conn.close()
+        counts = srv.snapshot()
+        srv.close()
+    assert (counts.connections, counts.received, counts.served) == (200, 400, 400)
+
+
+def test_the_upstream_refuses_a_head_without_end() -> None:
+    srv = HttpServer(0).start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port)) as conn:
+            conn.settimeout(5)
+            conn.sendall(b"GET /" + b"a" * 70_000)
+            got = b""
+            while chunk := conn.recv(4096):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 400 Bad Request")
+        assert srv.snapshot().received == 0
+    finally:
+        srv.close()

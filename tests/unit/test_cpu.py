@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 
 from meshctl import cpu
-from meshctl.manager.process import ChildProcess
+from meshctl.manager.process import ChildProcess, keeper_binary
 
 THREADED = ("import threading, time\n"
             "for _ in range(3): threading.Thread(target=time.sleep, args=(60,)).start()\n"
@@ -54,6 +56,24 @@ def test_a_child_process_yields_only_if_it_is_still_the_same_process() -> None:
         assert created.yield_cpu() == 4
     finally:
         _end(proc)
+
+
+def test_a_generation_on_its_way_out_yields_with_its_keeper(tmp_path: Path) -> None:
+    keeper = keeper_binary()
+    assert keeper is not None, "dumb-init (a dependency) is missing"
+    child = ChildProcess.spawn([sys.executable, "-c", THREADED], os.environ,
+                               tmp_path / "out.log", keeper=keeper)
+    try:
+        assert child.keeper and child.envoy_pid != child.pid
+        deadline = time.monotonic() + 10
+        while "ready" not in (tmp_path / "out.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.yield_cpu() == 4 + 1  # the 4 threads of the child, and dumb-init
+        assert all(cpu.is_idle(t) for t in _threads(child.envoy_pid))
+        assert cpu.is_idle(child.pid)
+    finally:
+        child.send(signal.SIGKILL)
+        os.waitpid(child.pid, 0)
 
 
 def _create_time(pid: int) -> float:
