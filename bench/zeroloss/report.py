@@ -418,9 +418,15 @@ def _method(suite: Mapping[str, Any], base: Path) -> list[str]:
         "or refused with REFUSED_STREAM) is retried once on a new connection, as HTTP clients "
         "do; it then counts by the retry's outcome, and the retries are shown in their own "
         "column.",
-        "- **Upstream**: Envoy routes every request to a threaded HTTP server the benchmark "
-        "starts (2 processes on one port); `?delay_ms=` holds a request in the upstream. Its "
+        "- **Upstream**: Envoy routes every request to an HTTP server the benchmark starts "
+        "(asyncio, 2 processes on one port); `?delay_ms=` holds a request in the upstream. Its "
         "count of served requests is checked against the client's.",
+        "- **Windows**: `before` from 1 s to the upgrade command, `during` from the command "
+        "to the end of the last upgrade (meshctl: the old generation gone), and in scenario 1 "
+        "a `control` window as long as `during`, 2 s after it, with no upgrade in it. "
+        "Scenario 1 runs in rounds (a fresh pair of arms each) and its targets are judged on "
+        "every round's requests together: a single 2-second window's p99 swings 0.3-5.7x "
+        "on this machine with no upgrade in it ([latency.md](latency.md)).",
         "- **Arms**: meshctl: `python -m meshctl run` (drain window 1-45 s, meshctl's "
         "defaults, but for scenario 3) and `python -m meshctl upgrade --wait -o json`; the "
         "vertical lines are the upgrade record's `events`. Naive: plain `envoy --concurrency 2` "
@@ -429,7 +435,7 @@ def _method(suite: Mapping[str, Any], base: Path) -> list[str]:
         "- **Timeline**: requests per 100 ms by intended start: successful ones by the "
         "generation that answered, failed ones by outcome; p50/p99 latency per bin.",
         "",
-        "Run it again (about 10 minutes; `--smoke` for a short run that writes to "
+        "Run it again (about 14 minutes; `--smoke` for a short run that writes to "
         "/tmp/meshctl-proof-smoke/):",
         "",
         "```sh",
