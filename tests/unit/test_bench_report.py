@@ -201,6 +201,22 @@ def test_rounds_are_pooled_per_window_with_each_rounds_ratio_beside() -> None:
                             "5.00x; a window as long without an upgrade: 1.00x")
 
 
+def test_a_before_window_noisier_than_the_control_does_not_count_as_met() -> None:
+    # The before windows caught the machine's noise (p99 8 ms), the control after the
+    # upgrade did not (2 ms): 1.25x "during / before" says nothing about the upgrade.
+    rounds = [round_arm(10.0, control_ms=2.0) for _ in range(2)]
+    for arm in rounds:
+        arm["samples"]["before"] = [8.0] * len(arm["samples"]["before"])
+    pooled = analysis.pool(rounds)
+    assert pooled["p99_ratio"] == 1.25 and pooled["p99_ratio_control"] == 0.25
+    scenarios = {"one-upgrade": {"arms": {"meshctl": rounds[0]},
+                                 "pooled": {"meshctl": pooled, "naive": pooled}}}
+    p99 = next(t for t in analysis.targets(scenarios, None) if "p99" in t["target"])
+    assert not p99["met"]
+    assert "not counted as met: the `before` windows were noisier than the control" \
+        in p99["value"]
+
+
 def test_a_rate_the_machine_did_not_keep_up_with_is_flagged() -> None:
     # Requests waited up to 0.5 s for a free lane in the client: the queue, not the proxy,
     # made their latency.

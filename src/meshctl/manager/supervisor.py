@@ -71,8 +71,8 @@ _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1
 _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 # How often connections are read from the kernel: while draining (the window's input; two
 # zero readings in a row end it; none before they could, `DrainWindow.first_useful_reading`)
-# and in steady state (for status only). A reading walks the
-# kernel's whole TCP table: ~20 ms with 40k TIME_WAIT entries here.
+# and in steady state (for status only). A reading walks the kernel's whole TCP table: ~20 ms
+# with 40k TIME_WAIT entries here.
 _DRAIN_SAMPLE_S = 0.25
 # Many connections left (a gradual drain spreads the closes over seconds): the window cannot
 # end before they are gone, so read less often; near idle, at the full rate again.
