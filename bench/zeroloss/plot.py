@@ -109,7 +109,8 @@ def plot_scenario(title: str, arms: Mapping[str, Mapping[str, Any]], out: Path,
         ax_ok.set_ylabel(f"ok requests / {bin_s * 1000:.0f} ms")
         ax_fail.set_ylabel(f"failed / {bin_s * 1000:.0f} ms")
         ax_lat.set_ylabel("latency (ms)")
-        ax_lat.set_yscale("log")
+        if any(v for v in tl["p99_ms"]):  # none when every request failed
+            ax_lat.set_yscale("log")
         ax_lat.set_xlabel("seconds from the start of the load (intended start)")
         _legend(ax_ok, max_items=12)
         if tl["failed_by_outcome"] or any(tl["retried"]):

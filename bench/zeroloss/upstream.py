@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 _BODY = b"ok\n"
@@ -108,12 +108,14 @@ class HttpServer:
         self.loop = asyncio.new_event_loop()
         self._transports: set[asyncio.Transport] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._error: BaseException | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="http-loop")
 
     def start(self) -> HttpServer:
         self._thread.start()
-        self._started.wait(10)
+        if not self._started.wait(10) or self._server is None:
+            raise RuntimeError(f"the upstream's loop did not start: {self._error!r}")
         return self
 
     def snapshot(self) -> Counts:
@@ -129,9 +131,16 @@ class HttpServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self._server = self.loop.run_until_complete(self.loop.create_server(
-            lambda: _HttpConnection(self), sock=self.sock, backlog=1024))
-        self._started.set()
+        try:
+            self._server = self.loop.run_until_complete(self.loop.create_server(
+                lambda: _HttpConnection(self), sock=self.sock, backlog=1024))
+        except OSError as exc:
+            self._error = exc
+        finally:
+            self._started.set()
+        if self._server is None:
+            self.loop.close()
+            return
         try:
             self.loop.run_forever()
         finally:
@@ -156,8 +165,7 @@ class _HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         self.server.counts.connections += 1
         self.server._transports.add(transport)
 

@@ -319,3 +319,15 @@ def test_several_upgrades_are_summed_up_with_their_spread() -> None:
     ups[1]["events"][4]["t_s"] = 1.7
     assert report.upgrades_cell("meshctl", ups) == (
         "2 succeeded; old gone after 1.30 / 1.50 / 1.70 s (min / median / max)")
+
+
+def test_the_picture_is_drawn_when_every_request_failed(tmp_path: Path) -> None:
+    # An upstream that never answered: no latency to put on the log scale, still a picture.
+    from zeroloss import plot  # noqa: PLC0415  (matplotlib: only this test draws)
+
+    attempts = [attempt(i, i * 0.01, "503") for i in range(500)]
+    arm = analysis.summarize_arm("meshctl", attempts, load_start=T0, load_start_wall=WALL0,
+                                 duration_s=5.0, upgrades=[meshctl_upgrade(3.0)])
+    out = tmp_path / "all-failed.png"
+    plot.plot_scenario("all failed", {"meshctl": arm}, out)
+    assert out.stat().st_size > 1000
