@@ -68,7 +68,21 @@ def test_a_thread_is_read_again_until_it_has_a_name_of_its_own(
     assert names.poll() and not names.workers_started()  # created, still "envoy"
     _named(naming)
     assert names.poll() and names.workers_started()
-    assert sorted(names.final.values()) == ["wrk:worker_0"]  # the main thread stays unnamed
+    assert sorted(names.final.values()) == ["wrk:worker_0"]  # the main thread is not read
+
+
+def test_a_binary_of_another_name_is_watched_the_same(tmp_path: Path) -> None:
+    # An Envoy binary called otherwise (envoy-1.40 here): its threads start with that name.
+    script = NAMING.replace('name("envoy")', 'name("envoy-1.40")')
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        names = threads.ThreadNames(proc.pid)
+        _start(proc, "wrk:worker_0", delay_s=0.3)
+        assert names.poll() and not names.workers_started()  # created, still "envoy-1.40"
+        _named(proc)
+        assert names.poll() and names.workers_started()
+        proc.kill()
 
 
 def test_other_threads_are_not_workers(naming: subprocess.Popen[str]) -> None:

@@ -13,34 +13,42 @@ import contextlib
 import os
 
 WORKER_PREFIX = "wrk:"
-UNNAMED = "envoy"
-"""The process's name, which a new thread has until Envoy names it (and the main thread
-keeps)."""
 
 
 class ThreadNames:
-    """The thread names of one process, read incrementally: a thread's name other than
-    `UNNAMED` is final and not read again, so a poll costs one directory listing and a read
-    per thread still unnamed (~50 us with Envoy's ~10 threads, against ~180 us for all)."""
+    """The thread names of one process, read incrementally. A new thread starts with the name
+    of the thread that created it (the process's, `envoy` or whatever the binary is called)
+    until Envoy names it; any other name is final and not read again, so a poll costs one
+    directory listing and a read per thread still unnamed (~30 us with Envoy's ~10 threads,
+    against ~180 us for all)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self.unnamed: str | None = None
+        """The main thread's name, which the others have until they are named."""
         self.final: dict[int, str] = {}
 
     def poll(self) -> bool:
         """Read what is new; False if the process is gone."""
         try:
+            if self.unnamed is None:
+                self.unnamed = _comm(f"/proc/{self.pid}/comm")
             tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
         except OSError:
             return False
         for tid in tids:
-            if tid in self.final:
+            if tid in self.final or tid == self.pid:
                 continue
-            with contextlib.suppress(OSError), open(f"/proc/{self.pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-                if name != UNNAMED:
+            with contextlib.suppress(OSError):
+                name = _comm(f"/proc/{self.pid}/task/{tid}/comm")
+                if name != self.unnamed:
                     self.final[tid] = name
         return True
 
     def workers_started(self) -> bool:
         return any(name.startswith(WORKER_PREFIX) for name in self.final.values())
+
+
+def _comm(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
