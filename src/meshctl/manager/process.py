@@ -144,25 +144,25 @@ class ChildProcess:
         window of perf sched). Only for a generation on its way out: the move cannot be
         undone without privilege. Returns the number of threads moved (0 if it is gone, or
         its pids now name other processes)."""
-        if not self.alive:
-            return 0
-        moved = 0
-        for pid, created in dict.fromkeys([(self.envoy_pid, self.envoy_create_time),
-                                           (self.pid, self.create_time)]):
-            if _same(pid, created):
-                moved += cpu.set_process_idle(pid)
-        return moved
+        return sum(cpu.set_process_idle(pid) for pid in self._own_pids())
 
     def restore_cpu(self) -> tuple[int, int]:
         """Every thread of the keeper and of Envoy back under the normal policy (a generation
         started with `idle=True`, now LIVE): (threads moved, threads refused)."""
         moved = refused = 0
-        for pid, created in dict.fromkeys([(self.pid, self.create_time),
-                                           (self.envoy_pid, self.envoy_create_time)]):
-            if self.alive and _same(pid, created):
-                m, r = cpu.set_process_normal(pid)
-                moved, refused = moved + m, refused + r
+        for pid in self._own_pids():
+            m, r = cpu.set_process_normal(pid)
+            moved, refused = moved + m, refused + r
         return moved, refused
+
+    def _own_pids(self) -> list[int]:
+        """Envoy's pid and its keeper's (once if there is none), those still this child's:
+        alive and not reused by another process since."""
+        if not self.alive:
+            return []
+        pairs = dict.fromkeys([(self.envoy_pid, self.envoy_create_time),
+                               (self.pid, self.create_time)])
+        return [pid for pid, created in pairs if _same(pid, created)]
 
     def describe_exit(self) -> str:
         if self.exit_status is None:
