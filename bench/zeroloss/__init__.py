@@ -8,7 +8,7 @@ only how many there were. The layers, from the wire up:
 - `protocols`: HTTP/1.1 and HTTP/2 connections (asyncio protocols), one request -> an outcome.
 - `client`: lanes, open-loop and closed-loop scheduling, the worker process, the multi-process
   load run.
-- `upstream`: the HTTP server behind Envoy (threaded, with a delay per request) and a TCP echo.
+- `upstream`: the HTTP server behind Envoy (asyncio, with a delay per request) and a TCP echo.
 - `tcpstream`: one long-lived TCP stream through Envoy's tcp_proxy, pinged all along.
 - `configs`: the Envoy configs of the scenarios.
 - `arms`: the two ways to upgrade, meshctl and the naive stop-and-start, behind one interface.
