@@ -352,7 +352,10 @@ def test_a_new_generation_initializes_at_idle_priority_and_serves_at_normal_prio
     first = meshctl.status()["live"]["pid"]
 
     with Traffic(ports.http) as traffic:
-        started = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "3",
+        # The ready timeout leaves room for the client itself: it runs under SCHED_IDLE, and
+        # on a busy machine its exit after the request can wait seconds for an idle CPU (a
+        # 3 s timeout once ended the hung generation before it was looked at).
+        started = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "8",
                               "--no-wait", "-o", "json")
         new_pid = json.loads(started.stdout)["to_pid"]
         time.sleep(1.0)  # initializing (waiting for xDS): every thread under SCHED_IDLE
