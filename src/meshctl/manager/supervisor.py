@@ -727,11 +727,14 @@ class Supervisor:
                  upgrade.id, verdict.value, upgrade.window.elapsed(now), old.connections)
         self._end(old, upgrade.drain.stop_grace_s)
 
-    def _drain_reading_due(self, window: DrainWindow, now: float, old: Generation) -> bool:
+    def _drain_reading_due(self, window: DrainWindow, now: float, draining: Generation) -> bool:
+        """Whether to read `draining`'s connections now (an old generation after an upgrade,
+        or the live one at shutdown): always at the deadline, else not before a reading can
+        help end the window, and then at the interval its last count calls for."""
         if window.time_left(now) == 0:
             return True
         return (now >= window.first_useful_reading(_DRAIN_SAMPLE_S)
-                and now - self._last_sample >= _drain_sample_s(old.connections))
+                and now - self._last_sample >= _drain_sample_s(draining.connections))
 
     def _finish_upgrade(self, result: str) -> None:
         upgrade = self.upgrade
