@@ -641,8 +641,11 @@ class LoadSpec:
 class Load:
     """wrk and hey, started together against one URL, for `spec.duration_s` seconds."""
 
-    def __init__(self, url: str, spec: LoadSpec, root: Path) -> None:
+    def __init__(self, url: str, spec: LoadSpec, root: Path, *,
+                 prefix: Sequence[str] = ()) -> None:
         self.url, self.spec, self.root = url, spec, root
+        self.prefix = list(prefix)
+        """Put before each tool's argv (proof.py: `taskset -c CPUS`, see `zeroloss.cpus`)."""
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.outputs: dict[str, Path] = {}
 
@@ -661,7 +664,8 @@ class Load:
             out = self.root / f"{name}.out"
             self.outputs[name] = out
             with out.open("w") as f:
-                self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f,
+                self.procs[name] = subprocess.Popen([*self.prefix, *argv],
+                                                    stdin=subprocess.DEVNULL, stdout=f,
                                                     stderr=subprocess.STDOUT, text=True,
                                                     preexec_fn=_die_with_parent)  # noqa: PLW1509
         log(f"load: {' + '.join(' '.join(a[:-1]) for a in commands.values())} -> {self.url}")

@@ -38,7 +38,7 @@ from benchlib import (
     workdir,
     write_json,
 )
-from zeroloss import analysis, report
+from zeroloss import analysis, cpus, report
 from zeroloss.plot import plot_scenario
 from zeroloss.scenarios import SCENARIOS, Settings, Suite, calibrate
 from zeroloss.upstream import Upstream
@@ -78,12 +78,17 @@ def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> in
     new = check_binary(args.new_envoy or new_envoy())
     versions = {"old": binary_version(old), "new": binary_version(new)}
     preset = Settings.smoke_run(old, new) if args.smoke else Settings.full_run(old, new)
+    try:
+        partition = cpus.parse(args.cpus, cpus.available_cpus())
+    except ValueError as exc:
+        sys.exit(str(exc))
     settings = dataclasses.replace(preset, old_version=versions["old"],
                                    new_version=versions["new"],
                                    workers=args.workers or preset.workers,
                                    rate_fraction=args.rate_fraction or preset.rate_fraction,
                                    rounds=args.rounds or preset.rounds,
-                                   drain_strategy=args.drain_strategy,
+                                   drain_strategy=args.drain_strategy or preset.drain_strategy,
+                                   cpus=partition,
                                    attempts_dir=args.attempts and args.attempts.absolute())
     keys = list(SCENARIOS) if not args.scenarios else args.scenarios.split(",")
     unknown = [k for k in keys if k not in SCENARIOS]
@@ -94,13 +99,15 @@ def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> in
     if not 0 < settings.rate_fraction <= 1:
         sys.exit(f"--rate-fraction must be in (0, 1], got {settings.rate_fraction:g}")
     started = time.monotonic()
+    cpus.pin_self(partition)  # before any thread or child: they inherit it
     compile_meshctl()
     machine = machine_info()
     log(f"Envoy {versions['old']} -> {versions['new']}; scenarios {keys}; load average "
-        f"{machine['loadavg_at_start']}")
+        f"{machine['loadavg_at_start']}; CPUs: {partition.describe()}")
     scenarios: dict[str, dict[str, Any]] = {}
     with workdir("mp-", args.keep) as work, \
-            Upstream(processes=settings.upstream_processes) as upstream:
+            Upstream(processes=settings.upstream_processes,
+                     prefix=partition.load_prefix()) as upstream:
         suite = Suite(settings, work, upstream)
         calibration = None
         if "one-upgrade" not in keys:
@@ -161,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=0,
                         help="scenario 1's rounds, each a fresh pair of arms, pooled for the "
                              "latency target (default 5; 1 with --smoke)")
-    parser.add_argument("--drain-strategy", choices=["immediate", "gradual"], default="",
-                        help="meshctl's drain strategy in the meshctl arms (default: meshctl's "
-                             "own default)")
+    parser.add_argument("--drain-strategy", choices=["immediate", "gradual"], default=None,
+                        help="meshctl's drain strategy in the meshctl arms (default gradual: "
+                             "see docs/drain.md)")
+    parser.add_argument("--cpus", default=cpus.AUTO,
+                        help="which CPUs the proxy (this process, meshctl, Envoy, the upgrade "
+                             "command) and the load (client, upstream, wrk) run on: auto (the "
+                             "first half for the proxy, the rest for the load), none (shared), "
+                             "or PROXY/LOAD as taskset lists, e.g. 0/1 (default auto)")
     parser.add_argument("--old-envoy", type=Path, default=OLD_ENVOY,
                         help=f"Envoy to upgrade from ({OLD_ENVOY})")
     parser.add_argument("--new-envoy", type=Path, default=None,

@@ -434,8 +434,10 @@ class LoadRun:
     """A plan run by `workers` worker processes, each given 1/workers of it."""
 
     def __init__(self, target: Target, plan: LoadPlan, workdir: Path, *, workers: int = 2,
-                 bench_dir: Path | None = None) -> None:
+                 bench_dir: Path | None = None, prefix: Sequence[str] = ()) -> None:
         self.target, self.plan, self.workdir, self.workers = target, plan, workdir, workers
+        self.prefix = list(prefix)
+        """Put before each worker's argv (`taskset -c CPUS`: see `zeroloss.cpus`)."""
         self.bench_dir = bench_dir or Path(__file__).resolve().parents[1]
         self.procs: list[subprocess.Popen[str]] = []
         self.outs: list[Path] = []
@@ -453,8 +455,8 @@ class LoadRun:
             out = self.workdir / f"load-{i}-{os.getpid()}-{time.monotonic_ns()}.json"
             self.outs.append(out)
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "zeroloss.client", "--target", self.target.authority,
-                 "--plan", share, "--worker", str(i), "--out", str(out)],
+                [*self.prefix, sys.executable, "-m", "zeroloss.client", "--target",
+                 self.target.authority, "--plan", share, "--worker", str(i), "--out", str(out)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
         deadline = time.monotonic() + timeout_s
         for proc in self.procs:

@@ -255,7 +255,7 @@ def build_markdown(suite: Mapping[str, Any], docs_path: Path) -> str:
         f"{machine.get('loadavg_at_end')} at the end; other Envoy/meshctl/pytest processes "
         f"at the start: {_others(machine.get('others_at_start', {}))}, at the end: "
         f"{_others(machine.get('others_at_end', {}))}. Envoy {suite['envoy']['old']} -> "
-        f"{suite['envoy']['new']}.",
+        f"{suite['envoy']['new']}. CPUs: {_cpus(suite.get('settings', {}))}.",
         "",
         "## Targets",
         "",
@@ -399,6 +399,18 @@ def _scenario_section(i: int, key: str, scen: Mapping[str, Any], suite: Mapping[
     return out
 
 
+def _cpus(settings: Mapping[str, Any]) -> str:
+    split = settings.get("cpus") or {}
+    if not (split.get("proxy") and split.get("load")):
+        return "the proxy and the load share every CPU"
+    return (f"proxy on {', '.join(map(str, split['proxy']))}, load on "
+            f"{', '.join(map(str, split['load']))}")
+
+
+def _strategy(settings: Mapping[str, Any]) -> str:
+    return str(settings.get("drain_strategy") or "immediate")
+
+
 def _method(suite: Mapping[str, Any], base: Path) -> list[str]:
     outcomes = "; ".join(f"`{k}`: {v}" for k, v in _MEANING.items())
     return [
@@ -427,11 +439,18 @@ def _method(suite: Mapping[str, Any], base: Path) -> list[str]:
         "Scenario 1 runs in rounds (a fresh pair of arms each) and its targets are judged on "
         "every round's requests together: a single 2-second window's p99 swings 0.3-5.7x "
         "on this machine with no upgrade in it ([latency.md](latency.md)).",
-        "- **Arms**: meshctl: `python -m meshctl run` (drain window 1-45 s, meshctl's "
-        "defaults, but for scenario 3) and `python -m meshctl upgrade --wait -o json`; the "
-        "vertical lines are the upgrade record's `events`. Naive: plain `envoy --concurrency 2` "
-        "stopped with SIGTERM; when it has exited, the new one is started and polled until "
-        "LIVE.",
+        "- **Arms**: meshctl: `python -m meshctl run --drain-strategy "
+        f"{_strategy(suite.get('settings', {}))}` (drain window 1-45 s, meshctl's defaults, but "
+        "for scenario 3) and `python -m meshctl upgrade --wait -o json`; the vertical lines are "
+        "the upgrade record's `events`. Naive: plain `envoy --concurrency 2` stopped with "
+        "SIGTERM; when it has exited, the new one is started and polled until LIVE.",
+        "- **CPUs**: the proxy (this benchmark's process and what it starts: meshctl, every "
+        "Envoy, the `meshctl upgrade` command and its pre-flight runs) and the load (the load "
+        "client's workers, the upstream, wrk) run on separate CPUs (`--cpus`, default half "
+        "each, `bench/zeroloss/cpus.py`), as a sidecar's clients and application do not run on "
+        "the proxy container's CPUs. The Python load client takes more CPU per request than "
+        "Envoy does for both hops; sharing the cores, its own bursts counted as the proxy's "
+        "latency ([latency.md](latency.md)).",
         "- **Timeline**: requests per 100 ms by intended start: successful ones by the "
         "generation that answered, failed ones by outcome; p50/p99 latency per bin.",
         "",

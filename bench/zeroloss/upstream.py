@@ -253,8 +253,10 @@ class Upstream:
     runs the echo server. Started from the benchmark; stopped by closing their stdin."""
 
     def __init__(self, *, processes: int = 2, delay_ms: float = 0.0,
-                 bench_dir: Path | None = None) -> None:
+                 bench_dir: Path | None = None, prefix: Sequence[str] = ()) -> None:
         self.processes = processes
+        self.prefix = list(prefix)
+        """Put before each process's argv (`taskset -c CPUS`: see `zeroloss.cpus`)."""
         self.delay_ms = delay_ms
         self.bench_dir = bench_dir or Path(__file__).resolve().parents[1]
         self.port = 0
@@ -275,8 +277,8 @@ class Upstream:
             [str(self.bench_dir), *filter(None, [os.environ.get("PYTHONPATH")])])}
         try:
             for i in range(self.processes):
-                argv = [sys.executable, "-m", "zeroloss.upstream", "--port", str(self.port),
-                        "--delay-ms", f"{self.delay_ms:g}"]
+                argv = [*self.prefix, sys.executable, "-m", "zeroloss.upstream", "--port",
+                        str(self.port), "--delay-ms", f"{self.delay_ms:g}"]
                 if i == 0:
                     argv += ["--echo-port", str(self.echo_port)]
                 self.procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE,

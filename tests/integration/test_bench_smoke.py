@@ -5,6 +5,7 @@ per scenario and the page, and meshctl loses no request where the issue says it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,13 @@ def test_the_smoke_run_writes_every_result_and_meshctl_loses_no_request(
             assert mesh["upgrades"][-1]["result"] == "succeeded" or key == "failed-upgrades"
     summary = json.loads((out_dir / "results" / "summary.json").read_text())
     assert summary["supervisor"]["rss_mb_max"] > 0
+    # The load runs apart from the proxy (zeroloss/cpus.py), and the page says where.
+    split = summary["settings"]["cpus"]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert split["proxy"] and split["load"] and not set(split["proxy"]) & set(split["load"])
+    assert summary["settings"]["drain_strategy"] == "gradual"
     page = docs.read_text()
     assert "(benchmarks-upgrade-drain.md)" in page
+    assert "CPUs: proxy on" in page or len(os.sched_getaffinity(0)) < 2
     assert all(f"(img/proof-{key}.png)" in page for key in SCENARIOS)
     assert elapsed < 120, f"the smoke run took {elapsed:.0f} s"
