@@ -64,9 +64,10 @@ class Settings:
     drain_strategy: str = "gradual"
     """meshctl's drain strategy in the meshctl arms (`meshctl run --drain-strategy`; empty:
     meshctl's own default, `immediate`). `gradual` because it is the setting for traffic whose
-    latency matters (docs/drain.md): Envoy asks no keep-alive connection to close in the first
-    second after the new generation is LIVE, then a growing share, so the clients' reconnection
-    wave no longer lands on the new generation's first milliseconds of serving. Measured on the
+    latency matters (docs/drain.md): Envoy asks a response's connection to close with a
+    probability growing from 1/22 (meshctl's --drain-time-s with the default window) by 1/22 a
+    second, so the keep-alive clients reconnect over 1-3 s instead of all at once, on the new
+    generation's first milliseconds of serving. Measured on the
     same CPU split (3 rounds each, 2026-12-02): p99 ratio 1.15x with `gradual`, 2.70x with
     `immediate`; the old generation then leaves 3.2-3.6 s after the command instead of ~1.3 s."""
     cpus: Partition = field(default_factory=Partition)
