@@ -3,6 +3,7 @@ drain_max_s, forced closes counted, the new generation unharmed, same policy on 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,6 +97,8 @@ def test_a_long_lived_stream_holds_the_old_generation_until_drain_max_then_is_on
     assert 5.0 <= record["drain_s"] < 5.0 + 3.0
     assert 5.0 <= closed_after < 5.0 + 8.0
     assert 0 < during["upgrade"]["drain"]["time_left_s"] <= 5.0
+    # An idle stream leaves the old generation's CPU clock still: every due reading is taken.
+    assert record["drain_readings"]["skipped"] == 0 and record["drain_readings"]["taken"] >= 2
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     progress = [e for e in events if e["event"] == "upgrade_progress"]
     assert any(e.get("connections") == 1 and "time_left_s" in e for e in progress), err
@@ -106,6 +110,46 @@ def test_a_long_lived_stream_holds_the_old_generation_until_drain_max_then_is_on
     # The new generation carries new streams.
     again = open_stream(ports.tcp)
     again.close()
+
+
+def test_while_the_old_generation_visibly_serves_its_connections_are_not_read_until_the_deadline(
+        meshctl: Meshctl, ports: Ports, workdir: Path, upstream: EchoUpstream) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports, tcp_upstream=upstream.port)
+    meshctl.start("--drain-min-s", "1", "--drain-max-s", "4", config=config)
+    stream = open_stream(ports.tcp)
+    stop = threading.Event()
+    echoes = [0]
+
+    def ping_pong() -> None:  # keeps the old generation busy forwarding, as a live stream does
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                stream.sendall(b"x" * 512)
+                got = 0
+                while got < 512:
+                    chunk = stream.recv(4096)
+                    if not chunk:
+                        return
+                    got += len(chunk)
+                echoes[0] += 1
+
+    pinger = threading.Thread(target=ping_pong, daemon=True)
+    pinger.start()
+    try:
+        done = meshctl.cli("upgrade", "--wait", "-o", "json")
+    finally:
+        stop.set()
+        pinger.join(timeout=10)
+        stream.close()
+
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    # Every look found its CPU clock moving: no sock_diag dump until the deadline forced one,
+    # which found the stream and closed it.
+    readings = record["drain_readings"]
+    assert readings["skipped"] >= 3 and readings["taken"] >= 1, readings
+    assert record["drain_end"] == "deadline" and record["forced_closes"] == 1, record
+    assert 4.0 <= record["drain_s"] < 4.0 + 3.0
+    assert echoes[0] > 100
 
 
 def test_the_new_generation_is_live_and_serving_30s_after_an_early_end_and_upgrades_again(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from meshctl.drain.activity import ActivityGate
 from meshctl.drain.policy import DrainPolicy
 
 
@@ -27,6 +28,9 @@ class DrainWindow:
     one reading of the kernel's TCP table can miss a socket when the table changes while it
     is read (see `meshctl.drain.connections`), and ending a drain on a miss would cut a live
     connection. At the supervisor's 100 ms tick this costs 0.1 s."""
+    readings: ActivityGate = field(default_factory=ActivityGate)
+    """This drain's looks before each connection reading: a generation still visibly
+    serving is not read (`meshctl.drain.activity`); how many were taken and skipped."""
     _zeros: int = field(default=0, init=False, repr=False)
 
     def elapsed(self, now: float) -> float:

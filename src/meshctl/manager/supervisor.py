@@ -41,6 +41,7 @@ from typing import Any
 
 from meshctl import cpu, errors
 from meshctl.clock import Clock, Deadline, SystemClock
+from meshctl.drain.activity import cpu_seconds
 from meshctl.drain.connections import count_downstream
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow, Verdict
@@ -730,11 +731,19 @@ class Supervisor:
     def _drain_reading_due(self, window: DrainWindow, now: float, draining: Generation) -> bool:
         """Whether to read `draining`'s connections now (an old generation after an upgrade,
         or the live one at shutdown): always at the deadline, else not before a reading can
-        help end the window, and then at the interval its last count calls for."""
-        if window.time_left(now) == 0:
+        help end the window, then at the interval its last count calls for, and not while it
+        is visibly serving (its CPU clock moved since the last look: a reading costs
+        milliseconds of our CPU beside Envoy's workers and could only say "wait";
+        `meshctl.drain.activity`)."""
+        deadline = window.time_left(now) == 0
+        if not deadline and not (
+                now >= window.first_useful_reading(_DRAIN_SAMPLE_S)
+                and now - self._last_sample >= _drain_sample_s(draining.connections)):
+            return False
+        if window.readings.allow(cpu_seconds(draining.pid), force=deadline):
             return True
-        return (now >= window.first_useful_reading(_DRAIN_SAMPLE_S)
-                and now - self._last_sample >= _drain_sample_s(draining.connections))
+        self._last_sample = now  # looked and skipped: the next look is an interval later
+        return False
 
     def _finish_upgrade(self, result: str) -> None:
         upgrade = self.upgrade

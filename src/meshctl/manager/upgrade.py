@@ -69,6 +69,9 @@ class Upgrade:
                 "strategy": str(self.drain.strategy),
             },
             "events": [{"t_s": t, "event": name} for t, name in self.events],
+            # Connection readings taken, and skipped while the old generation visibly served.
+            "drain_readings": (self.window.readings.to_json() if self.window is not None
+                               else {"taken": 0, "skipped": 0}),
         }
         if self.window is not None and self.result == "in_progress":
             out["drain"] = {
