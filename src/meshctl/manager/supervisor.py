@@ -732,15 +732,15 @@ class Supervisor:
         """Whether to read `draining`'s connections now (an old generation after an upgrade,
         or the live one at shutdown): always at the deadline, else not before a reading can
         help end the window, then at the interval its last count calls for, and not while it
-        is visibly serving (its CPU clock moved since the last look: a reading costs
-        milliseconds of our CPU beside Envoy's workers and could only say "wait";
+        is visibly serving (it used more than 8 % of a core since the last look: a reading
+        costs milliseconds of our CPU beside Envoy's workers and could only say "wait";
         `meshctl.drain.activity`)."""
         deadline = window.time_left(now) == 0
         if not deadline and not (
                 now >= window.first_useful_reading(_DRAIN_SAMPLE_S)
                 and now - self._last_sample >= _drain_sample_s(draining.connections)):
             return False
-        if window.readings.allow(cpu_seconds(draining.pid), force=deadline):
+        if window.readings.allow(now, cpu_seconds(draining.pid), force=deadline):
             return True
         self._last_sample = now  # looked and skipped: the next look is an interval later
         return False
