@@ -5,13 +5,15 @@ upgrade storm, slow requests with a long-lived TCP stream, failed upgrades), eac
 arms in this run, and writes a JSON result and a PNG timeline per scenario, then
 docs/benchmarks.md with the tables and pictures.
 
-    python bench/proof.py                  # the full run, about 14 minutes
+    python bench/proof.py                  # the full run, about 8 minutes
     python bench/proof.py --smoke          # < 60 s, writes to /tmp/meshctl-proof-smoke/
     python bench/proof.py --scenarios storm,slow
     python bench/proof.py --report-only    # rebuild the PNGs and the page from the JSON
 
 Exit status 1 when meshctl failed a request in scenario 1, 2 or 4 (the zero-loss targets);
 the other targets (p99 ratio, supervisor CPU and RSS) are reported, met or not, in the page.
+Bad input (an unknown scenario, --rounds, --rate-fraction or --cpus out of range) is one line on
+stderr and exit status 1, before any supervisor, Envoy or load is started.
 Run it in the foreground, as one command: Envoy dies with the process that started it.
 """
 
@@ -74,14 +76,14 @@ def render(summary: dict[str, Any], scenarios: dict[str, dict[str, Any]], images
 
 
 def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> int:
+    try:  # before anything runs: a bad --cpus is one line, nothing started
+        partition = cpus.parse(args.cpus, cpus.available_cpus())
+    except ValueError as exc:
+        sys.exit(str(exc))
     old = check_binary(args.old_envoy)
     new = check_binary(args.new_envoy or new_envoy())
     versions = {"old": binary_version(old), "new": binary_version(new)}
     preset = Settings.smoke_run(old, new) if args.smoke else Settings.full_run(old, new)
-    try:
-        partition = cpus.parse(args.cpus, cpus.available_cpus())
-    except ValueError as exc:
-        sys.exit(str(exc))
     settings = dataclasses.replace(preset, old_version=versions["old"],
                                    new_version=versions["new"],
                                    workers=args.workers or preset.workers,

@@ -454,7 +454,7 @@ def _method(suite: Mapping[str, Any], base: Path) -> list[str]:
         "- **Timeline**: requests per 100 ms by intended start: successful ones by the "
         "generation that answered, failed ones by outcome; p50/p99 latency per bin.",
         "",
-        "Run it again (about 14 minutes; `--smoke` for a short run that writes to "
+        "Run it again (about 8 minutes; `--smoke` for a short run that writes to "
         "/tmp/meshctl-proof-smoke/):",
         "",
         "```sh",

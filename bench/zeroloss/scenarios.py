@@ -67,9 +67,9 @@ class Settings:
     latency matters (docs/drain.md): Envoy asks a response's connection to close with a
     probability growing from 1/22 (meshctl's --drain-time-s with the default window) by 1/22 a
     second, so the keep-alive clients reconnect over 1-3 s instead of all at once, on the new
-    generation's first milliseconds of serving. Measured on the
-    same CPU split (3 rounds each, 2026-12-02): p99 ratio 1.15x with `gradual`, 2.70x with
-    `immediate`; the old generation then leaves 3.2-3.6 s after the command instead of ~1.3 s."""
+    generation's first milliseconds of serving. Measured on the same CPU split (3 rounds
+    each, 2026-12-02): p99 ratio 1.15x with `gradual`, 2.70x with `immediate`; the old
+    generation then leaves 3.2-3.6 s after the command instead of ~1.3 s."""
     cpus: Partition = field(default_factory=Partition)
     """Where the proxy and the load run (`zeroloss.cpus`); proof.py sets it (`--cpus`, default
     auto: half the CPUs each)."""

@@ -66,3 +66,15 @@ def test_a_process_started_with_the_load_prefix_runs_on_the_load_cpus_only() -> 
     done = subprocess.run([*part.load_prefix(), sys.executable, "-c", probe],
                           capture_output=True, text=True, check=True, timeout=30)
     assert done.stdout.strip() == str(list(part.load))
+
+
+def test_proof_refuses_a_bad_cpu_list_in_one_line_before_starting_anything(
+        tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "proof.py"), "--cpus", "0/0",
+         "--results", str(tmp_path / "results"), "--images", str(tmp_path / "img"),
+         "--docs", str(tmp_path / "b.md")],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["--cpus: the proxy and the load share CPU(s) [0]"]
+    assert not any(tmp_path.iterdir())  # no result, picture or page written
