@@ -14,8 +14,10 @@ Windows, for an arm with upgrades:
   the naive arm's SIGTERM);
 - after: from the end of the last upgrade to the end of the load;
 - control: a window as long as `during`, starting `CONTROL_GAP_S` after it ends, with no
-  upgrade in it: the ratio of its p99 to the p99 before is what this machine's own noise does
-  to a window that short (the `null` ratio beside the upgrade's).
+  upgrade in it (where the load lasts that long: scenarios 1 and 4): the ratio of its p99 to
+  the p99 before is what this machine's own noise does to a window that long (the `null`
+  ratio beside the upgrade's). A verdict whose control is much calmer than `before` is not
+  counted as met: its `before` caught a burst of noise, and the ratio understates the cost.
 Latency percentiles are over the requests that succeeded; the failures are counted beside them.
 
 Rounds (scenario 1): the same upgrade repeated in fresh arms; `pool()` takes every round's
@@ -286,27 +288,29 @@ def targets(scenarios: Mapping[str, Mapping[str, Any]],
         note = ("" if queue.get("sustained", True) else
                 f"; the machine did not sustain the rate (client queue p99 "
                 f"{queue.get('p99_ms') or 0:,.0f} ms)")
-        baseline_ok = True
         if pooled:
             pm = pooled["meshctl"]
             r = pm["p99_ratio"]
             control = pm["p99_ratio_control"]
-            # The ratio means something only if `before` is the machine's usual state: the
-            # control window (no upgrade in it) must not be much calmer than `before`.
-            baseline_ok = control is None or control >= 1 / P99_RATIO_MAX
             value = ("-" if r is None else
                      f"{r:.2f}x over {pm['rounds']} rounds ({pm['p99_ms']['during']:.1f} ms / "
                      f"{pm['p99_ms']['before']:.1f} ms); rounds "
-                     + ", ".join("-" if x is None else f"{x:.2f}x" for x in pm["round_ratios"])
-                     + f"; a window as long without an upgrade: {_x(control)}"
-                     + ("" if baseline_ok else
-                        " - not counted as met: the `before` windows were noisier than the "
-                        "control, so the ratio understates the upgrade's cost"))
+                     + ", ".join("-" if x is None else f"{x:.2f}x" for x in pm["round_ratios"]))
         else:
             r = mesh.get("p99_ratio")
+            control = mesh.get("p99_ratio_control")
             before = mesh["latency"]["before"]["p99_ms"]
             during = mesh["latency"]["during"]["p99_ms"]
             value = "-" if r is None else f"{r:.2f}x ({during:.1f} ms / {before:.1f} ms)"
+        # The ratio means something only if `before` is the machine's usual state: the
+        # control window (no upgrade in it), where there is one, must not be much calmer.
+        baseline_ok = control is None or control >= 1 / P99_RATIO_MAX
+        if control is not None or pooled:
+            value += f"; a window as long without an upgrade: {_x(control)}"
+        if not baseline_ok:
+            value += (" - not counted as met: the `before` window"
+                      + ("s were" if pooled else " was")
+                      + " noisier than the control, so the ratio understates the upgrade's cost")
         out.append({
             "target": f"{key}: p99 during the upgrade window <= {P99_RATIO_MAX:g}x p99 before",
             "value": value + note,

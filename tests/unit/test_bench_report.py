@@ -217,6 +217,41 @@ def test_a_before_window_noisier_than_the_control_does_not_count_as_met() -> Non
         in p99["value"]
 
 
+def test_a_single_arm_with_a_control_window_is_judged_like_the_pooled_rounds() -> None:
+    # Scenario 4 has no rounds but keeps its load for a control window: the verdict says it,
+    # and a `before` much noisier than the control does not count as met.
+    calm = round_arm(2.5, control_ms=2.2)
+    scenarios = {"failed-upgrades": {"arms": {"meshctl": calm}}}
+    p99 = next(t for t in analysis.targets(scenarios, None) if "p99" in t["target"])
+    assert p99["met"]
+    assert p99["value"] == ("1.25x (2.5 ms / 2.0 ms); a window as long without an upgrade: "
+                            "1.10x")
+
+    noisy = summarize_with_before(8.0, during_ms=10.0, control_ms=2.0)
+    scenarios = {"failed-upgrades": {"arms": {"meshctl": noisy}}}
+    p99 = next(t for t in analysis.targets(scenarios, None) if "p99" in t["target"])
+    assert noisy["p99_ratio"] == 1.25 and noisy["p99_ratio_control"] == 0.25
+    assert not p99["met"]
+    assert "not counted as met: the `before` window was noisier than the control" \
+        in p99["value"]
+
+
+def summarize_with_before(before_ms: float, *, during_ms: float,
+                          control_ms: float) -> dict[str, Any]:
+    """Like `round_arm`, with every request of the `before` window taking `before_ms`."""
+    attempts = []
+    for i in range(2000):
+        t = i * 0.01
+        latency = before_ms / 1000 if t < 4.0 else 0.002
+        if 4.0 <= t < 7.3:
+            latency = during_ms / 1000
+        elif 9.3 <= t < 12.6:
+            latency = control_ms / 1000
+        attempts.append(attempt(i, t, "200", epoch="0" if t < 6.2 else "1", latency=latency))
+    return analysis.summarize_arm("meshctl", attempts, load_start=T0, load_start_wall=WALL0,
+                                  duration_s=20.0, upgrades=[meshctl_upgrade(6.0)])
+
+
 def test_a_rate_the_machine_did_not_keep_up_with_is_flagged() -> None:
     # Requests waited up to 0.5 s for a free lane in the client: the queue, not the proxy,
     # made their latency.
