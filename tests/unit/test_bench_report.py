@@ -149,13 +149,15 @@ def test_the_targets_say_met_or_not_met_with_the_figures() -> None:
     assert not targets["supervisor RSS < 60 MB"]["met"]
 
 
-def round_arm(during_ms: float, *, control_ms: float = 2.0, failed: int = 0) -> dict[str, Any]:
+def round_arm(during_ms: float, *, control_ms: float = 2.0, before_ms: float = 2.0,
+              failed: int = 0) -> dict[str, Any]:
     """20 s at 100 req/s, command at 4 s, old gone at 7.3 s: during 4.0-7.3 s, control
-    9.3-12.6 s; 2 ms elsewhere. `failed`: refused requests in the window."""
+    9.3-12.6 s; `before_ms` until 4 s, 2 ms elsewhere. `failed`: refused requests in the
+    window."""
     attempts = []
     for i in range(2000):
         t = i * 0.01
-        latency = 0.002
+        latency = before_ms / 1000 if t < 4.0 else 0.002
         if 4.0 <= t < 7.3:
             latency = during_ms / 1000
         elif 9.3 <= t < 12.6:
@@ -227,29 +229,13 @@ def test_a_single_arm_with_a_control_window_is_judged_like_the_pooled_rounds() -
     assert p99["value"] == ("1.25x (2.5 ms / 2.0 ms); a window as long without an upgrade: "
                             "1.10x")
 
-    noisy = summarize_with_before(8.0, during_ms=10.0, control_ms=2.0)
+    noisy = round_arm(10.0, control_ms=2.0, before_ms=8.0)
     scenarios = {"failed-upgrades": {"arms": {"meshctl": noisy}}}
     p99 = next(t for t in analysis.targets(scenarios, None) if "p99" in t["target"])
     assert noisy["p99_ratio"] == 1.25 and noisy["p99_ratio_control"] == 0.25
     assert not p99["met"]
     assert "not counted as met: the `before` window was noisier than the control" \
         in p99["value"]
-
-
-def summarize_with_before(before_ms: float, *, during_ms: float,
-                          control_ms: float) -> dict[str, Any]:
-    """Like `round_arm`, with every request of the `before` window taking `before_ms`."""
-    attempts = []
-    for i in range(2000):
-        t = i * 0.01
-        latency = before_ms / 1000 if t < 4.0 else 0.002
-        if 4.0 <= t < 7.3:
-            latency = during_ms / 1000
-        elif 9.3 <= t < 12.6:
-            latency = control_ms / 1000
-        attempts.append(attempt(i, t, "200", epoch="0" if t < 6.2 else "1", latency=latency))
-    return analysis.summarize_arm("meshctl", attempts, load_start=T0, load_start_wall=WALL0,
-                                  duration_s=20.0, upgrades=[meshctl_upgrade(6.0)])
 
 
 def test_a_rate_the_machine_did_not_keep_up_with_is_flagged() -> None:
