@@ -113,8 +113,8 @@ class Settings:
     """Load before the first upgrade of scenarios 2 and 4: the `before` window is this less
     `warmup_s`. Not shorter: the windows it is compared with last 20 s (scenario 4) and
     100 s (the storm), and on this machine a short window's p99 is mostly a question of
-    whether one of the machine's own bursts fell into it (3 s windows before 2026-12-03 gave
-    scenario 4 ratios of 1.17-1.63x in five runs of nearly the same code)."""
+    whether one of the machine's own bursts fell into it (with 4 s, a 3 s window, scenario 4
+    measured 1.17-1.71x in six runs of nearly the same code on 2026-12-02)."""
     control: bool = True
     """Scenarios 1 and 4 keep their load after the last upgrade for a control window (as long
     as `during`, `analysis.CONTROL_GAP_S` after it): the ratio of its p99 to the p99 before
