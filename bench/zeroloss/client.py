@@ -402,12 +402,15 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     if len(line) != 2 or line[0] != "start":
         return 2
     start_at = float(line[1])
-    # The instrument must not pause on its own: every attempt stays in memory until the end,
-    # so the cyclic collector's full passes grow with the run (tens of ms, seen as p99 spikes
-    # at the same second in both arms). What the loop allocates is freed by reference counts.
+    # The instrument must not pause on its own. Every attempt stays in memory until the end,
+    # so older generations only grow: they are never collected (thresholds 1,000,000).
+    # The youngest is collected often, so each pass is short: the loop leaves ~1 reference
+    # cycle per request, and with a threshold of 50,000 one pass found ~23,000 of them and
+    # took 72 ms, in both workers at once (same schedule, same allocations): the
+    # "freezes" of docs/latency.md. With 2,000, a pass is a few milliseconds.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 1_000_000)
+    gc.set_threshold(2_000, 1_000_000, 1_000_000)
     loop = asyncio.new_event_loop()
     holder: list[_Run] = []
 
