@@ -404,10 +404,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     start_at = float(line[1])
     # The instrument must not pause on its own. Every attempt stays in memory until the end,
     # so older generations only grow: they are never collected (thresholds 1,000,000).
-    # The youngest is collected often, so each pass is short: the loop leaves ~1 reference
-    # cycle per request, and with a threshold of 50,000 one pass found ~23,000 of them and
-    # took 72 ms, in both workers at once (same schedule, same allocations): the
-    # "freezes" of docs/latency.md. With 2,000, a pass is a few milliseconds.
+    # The youngest is collected often, so each pass is short: the loop leaves about one
+    # object in a reference cycle per request, and with a threshold of 50,000 one pass freed
+    # ~23,000 of them and took 72 ms, in both workers at once (same schedule, same
+    # allocations): the "freezes" of docs/latency.md. With 2,000, a pass is a few ms.
     gc.collect()
     gc.freeze()
     gc.set_threshold(2_000, 1_000_000, 1_000_000)
