@@ -195,11 +195,15 @@ class Stage:
         """Sleep until `t_s` seconds after the start of the load."""
         time.sleep(max(0.0, self.load.start_at + t_s - time.monotonic()))
 
-    def hold_for_control(self, first_command_s: float, tail_s: float) -> None:
-        """Keep the load for `tail_s`, or long enough for a control window after the upgrades
-        that began `first_command_s` after the load's start (the upgrades are over now)."""
-        upgrades_s = time.monotonic() - (self.load.start_at + first_command_s)
-        time.sleep(max(tail_s, upgrades_s + analysis.CONTROL_GAP_S + 0.3))
+    def hold(self, tail_s: float, *, control_after_s: float | None = None) -> None:
+        """Keep the load for `tail_s` more, or, with `control_after_s` (when the first upgrade
+        command was, in seconds after the load's start; the upgrades are over now), until a
+        control window as long as the upgrades fits after them, if that is longer."""
+        wait_s = tail_s
+        if control_after_s is not None:
+            upgrades_s = time.monotonic() - (self.load.start_at + control_after_s)
+            wait_s = max(wait_s, upgrades_s + analysis.CONTROL_GAP_S + 0.3)
+        time.sleep(max(0.0, wait_s))
 
     def stop_load(self) -> None:
         self.load.stop()
@@ -426,11 +430,8 @@ def one_upgrade(suite: Suite) -> dict[str, Any]:
         stage.sleep_until(command_at)
         ups = [stage.arm.upgrade(f"{s.old_version} -> {s.new_version}", s.new_envoy,
                                  stage.configs["v2"])]
-        left = stage.load.start_at + s.one_upgrade_s - time.monotonic()
-        if s.control:
-            stage.hold_for_control(command_at, left)
-        else:
-            time.sleep(max(0.0, left))
+        stage.hold(stage.load.start_at + s.one_upgrade_s - time.monotonic(),
+                   control_after_s=command_at if s.control else None)
         stage.stop_load()
         return ups
 
@@ -580,10 +581,7 @@ def failed_upgrades(suite: Suite) -> dict[str, Any]:
             if s.final_upgrade:
                 ups.append(stage.arm.upgrade(f"then {s.old_version} -> {s.new_version}",
                                              s.new_envoy, stage.configs["v2"]))
-            if s.control:
-                stage.hold_for_control(s.lead_s, s.tail_s)
-            else:
-                time.sleep(s.tail_s)
+            stage.hold(s.tail_s, control_after_s=s.lead_s if s.control else None)
             stage.stop_load()
             return ups
 
