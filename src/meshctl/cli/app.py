@@ -189,6 +189,14 @@ def upgrade(
     skip_preflight: Annotated[bool, typer.Option(
         "--skip-preflight", help="Do not run the new binary to check it and the config first.")
     ] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="xDS: start even though the live generation is disconnected from its "
+                        "control plane (the new one is still held until it has its config).")
+    ] = False,
+    accept_listener_change: Annotated[bool, typer.Option(
+        "--accept-listener-change",
+        help="xDS: let the new generation go LIVE with fewer listeners than the old one "
+             "(reported in the record) instead of holding it and rolling back.")] = False,
     out: OutputOpt = output.Format.TEXT,
     pod: Annotated[str | None, typer.Option(
         "--pod", help="Pod mode: swap the proxy image inside this running pod (two proxy "
@@ -232,8 +240,10 @@ def upgrade(
         request.update({k: v for k, v in raw.items() if v is not None})
     if ready_timeout_s is not None:
         request["ready_timeout_s"] = ready_timeout_s
+    if accept_listener_change:
+        request["listener_change_ok"] = True
     result = client.upgrade(sd, envoy=envoy, config=config, wait=wait, timeout_s=timeout_s,
-                            run_preflight=not skip_preflight, drain=request,
+                            run_preflight=not skip_preflight, force=force, drain=request,
                             progress=output.progress_reporter(out))
     result["client_scheduling"] = priority.describe()
     output.upgrade_result(result, out)

@@ -101,6 +101,17 @@ class AdminClient:
                         ports.add(port)
         return frozenset(ports)
 
+    def get_json(self, path: str) -> object:
+        """GET a JSON endpoint (`/config_dump?...`, `/stats?format=json&...`)."""
+        status, body = self._request("GET", path)
+        if status != 200:
+            raise AdminUnavailable(f"{path} answered {status}")
+        try:
+            result: object = json.loads(body)
+        except ValueError as exc:
+            raise AdminUnavailable(f"{path}: not JSON ({exc})") from exc
+        return result
+
     def drain_listeners(self, graceful: bool = True) -> None:
         """Stop accepting and start Envoy's drain sequence (used at supervisor shutdown)."""
         path = "/drain_listeners?graceful" if graceful else "/drain_listeners"

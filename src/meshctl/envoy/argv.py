@@ -21,6 +21,9 @@ MANAGED_FLAGS = frozenset({
     "--use-dynamic-base-id", "--base-id-path", "--hot-restart-version", "--disable-hot-restart",
     "--admin-address-path", "--drain-time-s", "--parent-shutdown-time-s", "--drain-strategy",
     "--concurrency", "--mode", "--skip-hot-restart-on-no-parent",
+    # The xDS gate of a new generation travels in --config-yaml (meshctl.envoy.gate); Envoy
+    # takes one, so a user's would replace it. Put it in the config file instead.
+    "--config-yaml",
 })
 
 
@@ -46,6 +49,9 @@ class LaunchSpec:
     no_parent_ok: bool = False
     """After a crash: start even though the previous epoch's socket has no one behind it
     (--skip-hot-restart-on-no-parent), instead of failing to hot-restart."""
+    config_yaml: str | None = None
+    """Merged by Envoy into the config file's bootstrap (the file is never edited): the xDS
+    gate of a generation started from a parent on an xDS-driven config."""
 
 
 def check_extra_args(extra: Sequence[str]) -> tuple[str, ...]:
@@ -75,6 +81,8 @@ def build_argv(spec: LaunchSpec) -> list[str]:
     ]
     if spec.no_parent_ok:
         argv.append("--skip-hot-restart-on-no-parent")
+    if spec.config_yaml is not None:
+        argv += ["--config-yaml", spec.config_yaml]
     argv.extend(spec.extra_args)
     return argv
 

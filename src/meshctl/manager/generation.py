@@ -42,6 +42,8 @@ class Generation:
     """Read from its admin API at LIVE; spares the pre-flight and the recovery a run of the
     binary."""
     listener_ports: frozenset[int] = field(default_factory=frozenset)
+    xds_driven: bool = False
+    """Its config takes resources from a control plane (`meshctl.envoy.xds.is_xds_driven`)."""
     connections: int | None = None
     """Last sampled count of open client connections on its listener ports."""
 
@@ -68,6 +70,7 @@ class Generation:
             "hot_restart_version": self.hot_restart_version,
             "started_at": self.started_wall,
             "listener_ports": sorted(self.listener_ports),
+            "xds_driven": self.xds_driven,
             "connections": self.connections,
             "log": str(self.log_path),
             "live_at": self.live_wall,

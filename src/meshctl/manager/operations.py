@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from meshctl import errors
+from meshctl.envoy import xds
+from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.binary import BinaryInfo, check_executable, probe_binary, validate_config
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import call
@@ -46,6 +48,23 @@ def preflight(binary: Path, config: Path, live: Mapping[str, Any]) -> dict[str, 
     return {"version": new.version, "hot_restart_version": new.hot_restart_version}
 
 
+def control_plane_preflight(sd: StateDir, current: Mapping[str, Any]) -> None:
+    """An xDS-driven live generation disconnected from its control plane: a new one would
+    get nothing (the gate would hold it until --ready-timeout-s, then roll it back). Read
+    fresh from the live generation's admin API; when that API is gone (a failed upgrade
+    closed it), nothing is refused here: the gate still holds an incomplete generation."""
+    live = current["live"]
+    try:
+        health = xds.read_health(AdminClient(sd.admin_address_file(int(live["epoch"]))))
+    except (AdminUnavailable, ValueError):
+        return  # unknown (its admin API closed by a failed upgrade): the gate still guards
+    if health.connected is False:
+        raise errors.PreflightFailed(
+            f"epoch {live['epoch']} is disconnected from its control plane "
+            f"(control_plane.connected_state 0): a new generation would get no listeners; "
+            f"fix the control plane, or --force to try (it is held until complete)")
+
+
 def _running(live: Mapping[str, Any]) -> BinaryInfo:
     binary = Path(live["binary"])
     version, hot = live.get("version"), live.get("hot_restart_version")
@@ -56,7 +75,7 @@ def _running(live: Mapping[str, Any]) -> BinaryInfo:
 
 def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bool,
             timeout_s: float, run_preflight: bool, drain: dict[str, Any],
-            progress: Progress | None = None) -> dict[str, Any]:
+            progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
     sd = StateDir(state_dir)
     current = call(sd.control_socket, "status")
     live = current.get("live")
@@ -72,6 +91,8 @@ def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bo
             raise errors.BadInput(f"Envoy config not found: {config}")
         config = config.absolute()
     new_config = config or Path(live["config"])
+    if live.get("xds_driven") and not force:
+        control_plane_preflight(sd, current)
     if run_preflight:
         preflight(binary, new_config, live)
     reply = call(sd.control_socket, "upgrade", binary=str(binary.absolute()),

@@ -45,7 +45,7 @@ from meshctl.drain.activity import cpu_seconds
 from meshctl.drain.connections import count_downstream
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow, Verdict
-from meshctl.envoy import sharedmem
+from meshctl.envoy import sharedmem, xds
 from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
 from meshctl.envoy.binary import probe_binary
@@ -65,6 +65,7 @@ from meshctl.manager.settings import InitPriority, SupervisorSettings
 from meshctl.manager.state import HISTORY_KEEP, StateDir
 from meshctl.manager.stopper import Stopper, StopStep
 from meshctl.manager.upgrade import Upgrade, init_scheduling
+from meshctl.manager.xdsguard import GateCheck, GateState, XdsGuard
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class Supervisor:
         self._upgrade_counter = 0
         self.control = ControlServer(self.state.control_socket, lambda: self._snapshot,
                                      self._wake)
+        self.guard = XdsGuard(self.state.root / "gate.sock", self.clock)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -159,6 +161,8 @@ class Supervisor:
             old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
             self.control.start()
             if adopted:
+                if any(g.xds_driven for g in adopted):
+                    self.guard.serve_released()  # their gate streams reconnect to us
                 self._resume(adopted)
             else:
                 self._start_generation(no_parent_ok=False)
@@ -228,6 +232,7 @@ class Supervisor:
             version=rec.get("version"),
             hot_restart_version=rec.get("hot_restart_version"),
             listener_ports=frozenset(int(p) for p in rec.get("listener_ports") or []),
+            xds_driven=bool(rec.get("xds_driven")),
         )
         log.warning("epoch %d: adopted running Envoy pid %d from a previous supervisor",
                     epoch, gen.pid)
@@ -304,6 +309,7 @@ class Supervisor:
             stand_in.close()
         self.stand_ins.clear()
         self.control.close()
+        self.guard.close()
         if not any(g.alive for g in self.generations.values()):
             # In a pod the hot-restart files are shared: the other slot's generation may be
             # live on them.
@@ -386,7 +392,9 @@ class Supervisor:
             policy = self._policy_from(cmd.args)
             ready_timeout_s = _positive(cmd.args.get("ready_timeout_s"),
                                         self.settings.ready_timeout_s, "ready timeout")
-            upgrade = self._begin_upgrade(binary, config, policy, "request", ready_timeout_s)
+            upgrade = self._begin_upgrade(
+                binary, config, policy, "request", ready_timeout_s,
+                listener_change_ok=bool(cmd.args.get("listener_change_ok", False)))
             cmd.answer(upgrade=upgrade.to_json(self.clock.monotonic()))
         elif cmd.op == "stop":
             graceful = bool(cmd.args.get("graceful", True))
@@ -412,7 +420,7 @@ class Supervisor:
 
     def _spawn(self, binary: Path, config: Path, policy: DrainPolicy, *,
                no_parent_ok: bool = False, epoch: int | None = None,
-               idle: bool = False) -> Generation:
+               idle: bool = False, config_yaml: str | None = None) -> Generation:
         if epoch is None:
             epoch = self.next_epoch
         self.next_epoch = epoch + 1
@@ -426,6 +434,7 @@ class Supervisor:
             parent_shutdown_time_s=policy.envoy_parent_shutdown_time_s,
             drain_strategy=str(policy.strategy), concurrency=self.settings.concurrency,
             extra_args=self.settings.extra_args, no_parent_ok=no_parent_ok,
+            config_yaml=config_yaml,
         )
         log_path = self.state.log_file(epoch)
         with contextlib.suppress(FileNotFoundError):
@@ -440,6 +449,7 @@ class Supervisor:
             epoch=epoch, binary=binary, config=config, process=process,
             admin=AdminClient(admin_file, timeout_s=1.0), log_path=log_path,
             started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
+            xds_driven=xds.is_xds_driven(config),
         )
         self.generations[epoch] = gen
         if self.ledger is not None:
@@ -512,7 +522,9 @@ class Supervisor:
     def _end(self, gen: Generation, grace_s: float) -> None:
         """Start ending a generation (named steps). If its child is alive, a stand-in answers
         on its socket first, so the child does not abort (Trap 2)."""
-        if gen.epoch in self.stoppers or not gen.alive:
+        stopping = self.stoppers.get(gen.epoch)
+        # An epoch number is reused after a rollback: only this process's own stopper counts.
+        if (stopping is not None and stopping.process is gen.process) or not gen.alive:
             return
         if (self._child_alive(gen) and gen.epoch not in self.stand_ins
                 and not self._bind_stand_in(gen)):
@@ -546,7 +558,8 @@ class Supervisor:
         return upgrade
 
     def _begin_upgrade(self, binary: Path, config: Path, policy: DrainPolicy,
-                       reason: str, ready_timeout_s: float) -> Upgrade:
+                       reason: str, ready_timeout_s: float, *,
+                       listener_change_ok: bool = False) -> Upgrade:
         old = self.live
         assert old is not None
         upgrade = self._new_upgrade(old, self.next_epoch, binary, config, policy, reason,
@@ -555,7 +568,9 @@ class Supervisor:
         idle, upgrade.init_scheduling = init_scheduling(
             self.settings.init_priority, cpu.can_restore(),
             cpu.pressure() if self.settings.init_priority is InitPriority.AUTO else None)
-        new = self._spawn(binary, config, policy, idle=idle)
+        upgrade.gate, gate_yaml = self.guard.prepare(old, config, self.next_epoch,
+                                                     listener_change_ok=listener_change_ok)
+        new = self._spawn(binary, config, policy, idle=idle, config_yaml=gate_yaml)
         upgrade.to_pid = new.pid
         upgrade.event(self.clock.monotonic(), "new_started")
         self._end_init_watch()
@@ -574,12 +589,27 @@ class Supervisor:
             upgrade.error = (f"new generation {new.process.describe_exit()} before LIVE: "
                              f"{_last_log(new)}")
             self._begin_rollback(new)
+        elif self._gate_holds(upgrade.gate, new):
+            if self.ready_deadline is not None and self.ready_deadline.expired():
+                assert upgrade.gate is not None
+                upgrade.error = (f"new generation held short of LIVE for "
+                                 f"{upgrade.ready_timeout_s:g}s: {upgrade.gate.reason()}")
+                self._begin_rollback(new)
         elif new.admin.is_ready():
             self._handover(new)
         elif self.ready_deadline is not None and self.ready_deadline.expired():
             upgrade.error = (f"new generation not LIVE within {upgrade.ready_timeout_s:g}s: "
                              f"{_last_log(new)}")
             self._begin_rollback(new)
+
+    def _gate_holds(self, check: GateCheck | None, new: Generation) -> bool:
+        """Whether the xDS gate still holds `new` short of LIVE (after a look when due)."""
+        if check is None:
+            return False
+        held = self.guard.step(check, new) is GateState.HELD
+        if not held and check.released_at is not None and self.upgrade is not None:
+            self.upgrade.event(check.released_at, "gate_released")
+        return held
 
     def _handover(self, new: Generation) -> None:
         """`new` is LIVE: it gets the traffic, the live one starts draining."""
@@ -626,6 +656,7 @@ class Supervisor:
             self.stoppers[failed.epoch].tick()
         if failed.alive:
             return
+        self.stoppers.pop(failed.epoch, None)  # its epoch goes to the next generation
         self._keep_failed_log(failed, upgrade)
         # The next generation takes the failed one's epoch: Envoy finds its parent's socket
         # by epoch - 1, and the live one is failed.epoch - 1.
@@ -644,8 +675,18 @@ class Supervisor:
         self.metrics.envoy_restarted("recovery")
         upgrade.recovery = "in_progress"
         upgrade.event(self.clock.monotonic(), "recovery_started")
-        self._spawn(old.binary, old.config, upgrade.drain)
-        self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
+        # Gated like any generation with a parent: on an xDS config, a recovery started while
+        # the control plane is silent would otherwise go LIVE with no listener.
+        failed_gate = upgrade.gate
+        upgrade.gate, gate_yaml = self.guard.prepare(old, old.config, self.next_epoch)
+        if failed_gate is not None and upgrade.gate is not None:
+            upgrade.gate.baseline = failed_gate.baseline  # read before the admin closed
+        self._spawn(old.binary, old.config, upgrade.drain, config_yaml=gate_yaml)
+        # A gated recovery waits for the same control plane as the failed generation: it gets
+        # the upgrade's own ready timeout, so that a failed upgrade ends within twice that.
+        self.ready_deadline = Deadline(self.clock, upgrade.ready_timeout_s
+                                       if upgrade.gate is not None
+                                       else self.settings.ready_timeout_s)
         self.phase = transition(self.phase, Phase.RECOVERING)
         self._save()
 
@@ -668,7 +709,8 @@ class Supervisor:
         upgrade = self.upgrade
         assert upgrade is not None
         recovery = self.generations[upgrade.to_epoch]
-        if recovery.alive and recovery.admin.is_ready():
+        if (recovery.alive and not self._gate_holds(upgrade.gate, recovery)
+                and recovery.admin.is_ready()):
             self._handover(recovery)
             return
         if recovery.alive and not (self.ready_deadline and self.ready_deadline.expired()):
@@ -678,9 +720,13 @@ class Supervisor:
             self.stoppers[recovery.epoch].tick()
             return
         upgrade.recovery = "failed"
+        self.stoppers.pop(recovery.epoch, None)
         self.next_epoch = recovery.epoch
-        upgrade.error = (f"{upgrade.error}; recovery failed too ({_last_log(recovery)}): "
-                         f"epoch {upgrade.from_epoch} serves without its admin API")
+        why = (upgrade.gate.reason() if upgrade.gate is not None
+               and upgrade.gate.state is GateState.HELD else _last_log(recovery))
+        upgrade.error = (f"{upgrade.error}; recovery failed too ({why}): "
+                         f"epoch {upgrade.from_epoch} serves without its admin API until the "
+                         f"next upgrade")
         with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
             assert self.live is not None
             sharedmem.clear_initializing(
@@ -764,6 +810,8 @@ class Supervisor:
                       upgrade.recovery)
         self.upgrade = None
         self.stoppers = {e: s for e, s in self.stoppers.items() if s.step is not StopStep.DONE}
+        if self.live is not None and self.live.xds_driven and self.live.alive:
+            self.guard.observe(self.live, force=True)  # the status the waiting CLI reads
         if self.phase is not Phase.STOPPING:
             self.phase = transition(self.phase, Phase.RUNNING)
         self._save()
@@ -799,6 +847,8 @@ class Supervisor:
             gen.listener_ports = gen.admin.listener_ports()
         except (AdminUnavailable, ValueError) as exc:
             log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)
+        if gen.xds_driven:
+            self.guard.observe(gen, force=True)  # listeners and ports LDS gave it by now
         self.metrics.set_live(gen.epoch, gen.version)
         if self.ledger is not None:
             self.ledger.record(gen.epoch, GenState.LIVE, pid=gen.pid, version=gen.version)
@@ -986,6 +1036,8 @@ class Supervisor:
             self._check_pod(live)
             if self.phase is not Phase.RUNNING:
                 return
+        if live.xds_driven:
+            self.guard.observe(live)  # LDS may add or remove listeners at run time
         if now - self._last_sample >= _CONNECTION_SAMPLE_S:
             self._last_sample = now
             live.connections = count_downstream(live.pid, live.listener_ports)
@@ -1114,6 +1166,7 @@ class Supervisor:
                      "serving": self._pod_serving} if self.ledger is not None else None),
             "health": (f"{self.health.host}:{self.health.port}" if self.health is not None
                        else None),
+            "xds": self.guard.status() if live is not None and live.xds_driven else None,
             "drain_policy": {
                 "drain_min_s": self.settings.drain.drain_min_s,
                 "drain_max_s": self.settings.drain.drain_max_s,

@@ -10,6 +10,7 @@ from meshctl import cpu
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow
 from meshctl.manager.settings import InitPriority
+from meshctl.manager.xdsguard import GateCheck
 
 
 @dataclass
@@ -48,6 +49,9 @@ class Upgrade:
     events: list[tuple[float, str]] = field(default_factory=list)
     window: DrainWindow | None = None
     connections: int | None = None
+    gate: GateCheck | None = None
+    """An xDS-driven config: the gate that holds the new generation short of LIVE until it has
+    what its parent had (`meshctl.manager.xdsguard`)."""
 
     def event(self, now: float, name: str) -> None:
         self.events.append((round(now - self.requested_mono, 3), name))
@@ -69,6 +73,7 @@ class Upgrade:
                 "strategy": str(self.drain.strategy),
             },
             "events": [{"t_s": t, "event": name} for t, name in self.events],
+            "xds": self.gate.to_json() if self.gate is not None else None,
             # Connection readings taken, and skipped while the old generation visibly served.
             "drain_readings": (self.window.readings.to_json() if self.window is not None
                                else {"taken": 0, "skipped": 0}),
