@@ -195,6 +195,20 @@ def test_a_listener_change_is_accepted_only_when_asked_and_is_recorded(
     assert parity["missing_listeners"] == [f"listener_{mesh.ports[1]}"]
     assert parity["accepted_listener_change"] is True
     assert stats.failed == 0, stats
+    metrics = _metrics(meshctl)
+    assert metrics['meshctl_xds_gate_total{outcome="released_listener_change"}'] == 1
+    assert metrics["meshctl_listeners_lost_total"] == 1
+    assert metrics["meshctl_xds_connected"] == 1
+    assert metrics["meshctl_xds_listeners"] == 1
+
+
+def _metrics(meshctl: Meshctl) -> dict[str, float]:
+    """The supervisor's /metrics, as sample line -> value."""
+    health = meshctl.status()["health"]
+    with urllib.request.urlopen(f"http://{health}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 def test_preflight_refuses_an_upgrade_while_the_control_plane_is_down_unless_forced(

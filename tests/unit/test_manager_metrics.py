@@ -162,3 +162,36 @@ def test_two_registries_in_one_process_neither_clash_nor_touch_the_global_one() 
     assert value(b, "meshctl_ready") == 0
     global_body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
     assert b"meshctl_" not in global_body
+
+
+def _sample(m: Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels or None)
+
+
+def test_the_live_generations_control_plane_is_exported_and_unknown_is_nan() -> None:
+    m = Metrics()
+    assert math.isnan(_sample(m, "meshctl_xds_connected") or 0.0)
+    m.set_xds({"listeners": {"a": "127.0.0.1:1"}, "control_plane": {
+        "connected": False, "last_update_at": 1796623383.641, "lds_rejected": 2,
+        "cds_rejected": 1}})
+    assert _sample(m, "meshctl_xds_connected") == 0
+    assert _sample(m, "meshctl_xds_last_update_timestamp_seconds") == 1796623383.641
+    assert _sample(m, "meshctl_xds_rejected_updates") == 3
+    assert _sample(m, "meshctl_xds_listeners") == 1
+    m.set_xds({"listeners": {}, "control_plane": None})
+    assert math.isnan(_sample(m, "meshctl_xds_connected") or 0.0)
+
+
+def test_each_gated_upgrade_is_counted_by_what_the_gate_did_and_lost_listeners_are_summed(
+) -> None:
+    m = Metrics()
+    released = {"state": "released", "parity": {"missing_listeners": []}}
+    changed = {"state": "released", "parity": {"missing_listeners": ["l1", "l2"]}}
+    held = {"state": "held", "parity": {"missing_listeners": ["l1"]}}
+    for gate, result in ((released, "succeeded"), (changed, "succeeded"),
+                         (held, "rolled_back")):
+        m.upgrade_finished({"result": result, "xds": gate})
+    assert _sample(m, "meshctl_xds_gate_total", outcome="released") == 1
+    assert _sample(m, "meshctl_xds_gate_total", outcome="released_listener_change") == 1
+    assert _sample(m, "meshctl_xds_gate_total", outcome="held") == 1
+    assert _sample(m, "meshctl_listeners_lost_total") == 2

@@ -277,9 +277,18 @@ def demo(
     duration_s: Annotated[float, typer.Option("--duration", help="Seconds of traffic.")] = 12.0,
     to_envoy: Annotated[str | None, typer.Option(
         "--to-envoy", help="Binary to upgrade to (default: the same one, new config).")] = None,
+    xds_demo: Annotated[bool, typer.Option(
+        "--xds", help="Envoy driven by a control plane over ADS, three upgrades: control "
+                      "plane healthy, silent (held and rolled back), healthy again.")] = False,
     out: OutputOpt = output.Format.TEXT,
 ) -> None:
     """Run Envoy under meshctl, send traffic, hot-upgrade it, and count served/failed requests."""
+    if xds_demo:
+        from meshctl.demo import xds  # noqa: PLC0415
+
+        report = xds.run_xds_demo(duration_s=duration_s, log=lambda line: output.note(line, out))
+        output.xds_demo_report(report, out)
+        raise typer.Exit(0 if xds.passed(report) else int(ExitCode.FAILED))
     from meshctl.demo.run import run_demo  # noqa: PLC0415
 
     report = run_demo(duration_s=duration_s, to_envoy=to_envoy,

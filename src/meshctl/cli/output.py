@@ -127,3 +127,19 @@ def demo_report(report: dict[str, Any], out: Format) -> None:
     typer.echo(f"upgrade: {up['result']} {up.get('from_version')} -> {up.get('to_version')}, "
                f"LIVE after {up.get('live_after_s')}s, old gone after {up.get('total_s')}s "
                f"(drain ended: {up.get('drain_end')})")
+
+
+def xds_demo_report(report: dict[str, Any], out: Format) -> None:
+    if out is Format.JSON:
+        emit_json(report)
+        return
+    typer.echo(f"requests: {report['requests']}  served: {report['ok']}  failed: "
+               f"{report['failed']}  (non-2xx: {report['http_error']})")
+    for n, (up, expected) in enumerate(zip(report["upgrades"], report["expected"],
+                                           strict=True), start=1):
+        gate = up.get("xds") or {}
+        new = gate.get("new") or {}
+        typer.echo(f"upgrade {n}: {up.get('result')} (expected {expected}); "
+                   f"{len(new.get('listeners') or {})} listener(s), {new.get('routes', 0)} "
+                   f"route(s), {new.get('clusters', 0)} cluster(s) in the new generation"
+                   + (f"; {up['error']}" if up.get("error") else ""))

@@ -28,6 +28,9 @@ from prometheus_client import (
 log = logging.getLogger(__name__)
 
 UPGRADE_RESULTS = ("succeeded", "rolled_back", "aborted")
+GATE_OUTCOMES = ("released", "released_listener_change", "held")
+"""What the xDS gate did with a new generation: released it complete, released it with fewer
+listeners than its parent (accepted), or held it until the upgrade was rolled back."""
 RESTART_REASONS = ("crash", "recovery")
 
 # An upgrade takes from about half a second (idle drain, drain_min_s=0) to the longest drain
@@ -74,6 +77,32 @@ class Metrics:
             "meshctl_drain_connections",
             "Open client connections of the generation draining (0 when none drains).",
             registry=r)
+        self.xds_connected = Gauge(
+            "meshctl_xds_connected",
+            "1 when the live generation's gRPC stream to its control plane is up, 0 when it is "
+            "down, NaN when unknown or the config is static.", registry=r)
+        self.xds_last_update = Gauge(
+            "meshctl_xds_last_update_timestamp_seconds",
+            "When the live generation last accepted an LDS or CDS update (NaN: never).",
+            registry=r)
+        self.xds_rejected = Gauge(
+            "meshctl_xds_rejected_updates",
+            "LDS and CDS updates the live generation rejected (NACKed) since it started.",
+            registry=r)
+        self.xds_listeners = Gauge(
+            "meshctl_xds_listeners", "Listeners of the live generation (xDS-driven configs).",
+            registry=r)
+        self.xds_gate = Counter(
+            "meshctl_xds_gate_total",
+            "New generations on an xDS-driven config, by what the gate did with them.",
+            ["outcome"], registry=r)
+        self.listeners_lost = Counter(
+            "meshctl_listeners_lost_total",
+            "Listeners of an old generation that its successor went LIVE without "
+            "(an accepted listener change, or a config change).", registry=r)
+        for outcome in GATE_OUTCOMES:
+            self.xds_gate.labels(outcome=outcome)
+        self.set_xds(None)
         # Known label values exist from the start at 0, so that rate() and absent() work
         # before the first upgrade or restart.
         for result in UPGRADE_RESULTS:
@@ -105,6 +134,32 @@ class Metrics:
         forced = record.get("forced_closes") or 0
         if isinstance(forced, int) and forced > 0:
             self.forced_closes.inc(forced)
+        gate = record.get("xds")
+        if isinstance(gate, Mapping):
+            self._gate_finished(gate)
+
+    def _gate_finished(self, gate: Mapping[str, Any]) -> None:
+        parity = gate.get("parity") or {}
+        lost = len(parity.get("missing_listeners") or [])
+        if gate.get("state") != "released":
+            self.xds_gate.labels(outcome="held").inc()
+        elif lost:
+            self.xds_gate.labels(outcome="released_listener_change").inc()
+            self.listeners_lost.inc(lost)
+            log.warning("metrics: %d listener(s) lost in an accepted listener change", lost)
+        else:
+            self.xds_gate.labels(outcome="released").inc()
+
+    def set_xds(self, status: Mapping[str, Any] | None) -> None:
+        """The live generation's xDS status (`XdsGuard.status`; None: static or unknown)."""
+        cp = (status or {}).get("control_plane") or {}
+        connected = cp.get("connected")
+        self.xds_connected.set(math.nan if connected is None else int(bool(connected)))
+        last = cp.get("last_update_at")
+        self.xds_last_update.set(last if isinstance(last, int | float) else math.nan)
+        self.xds_rejected.set(int(cp.get("lds_rejected") or 0) + int(cp.get("cds_rejected") or 0))
+        listeners = (status or {}).get("listeners")
+        self.xds_listeners.set(len(listeners) if isinstance(listeners, Mapping) else math.nan)
 
     def envoy_restarted(self, reason: str) -> None:
         """Count one Envoy restart outside an upgrade: `crash` or `recovery`."""

@@ -1187,6 +1187,7 @@ class Supervisor:
         self.metrics.set_ready(ready)
         self.metrics.set_drain_connections(
             (snap.get("upgrade") or {}).get("drain", {}).get("connections"))
+        self.metrics.set_xds(snap.get("xds"))
 
     def _save(self) -> None:
         status = self._status()
