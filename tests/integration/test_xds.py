@@ -132,6 +132,9 @@ def test_an_xds_driven_envoy_is_upgraded_both_ways_under_load_without_a_failed_r
     down_code, down, down_err = _upgrade(meshctl, "--envoy", str(envoy_old))
     stats = _stop(loads)
     assert (up_code, down_code) == (0, 0), (up_err, down_err)
+    print(f"both ways: {stats.to_json()}; LIVE after {up.get('live_after_s')}s / "
+          f"{down.get('live_after_s')}s, gate checks {up['xds']['checks']} / "  # type: ignore[index]
+          f"{down['xds']['checks']}")  # type: ignore[index]
     assert stats.failed == 0 and stats.ok > 500, stats
     for record in (up, down):
         xds = record["xds"]
@@ -163,6 +166,8 @@ def test_a_control_plane_that_fails_the_new_generation_never_costs_a_request(
         mesh.plane.serve_new_streams(mesh.snapshot("2", ports=mesh.ports[:1]))
     code, record, err = _upgrade(meshctl, "--envoy", str(envoy_new), "--ready-timeout-s", "6")
     held_stats = _stop(loads)
+    print(f"{fault}: {held_stats.to_json()}; upgrade {record.get('result')} after "
+          f"{record.get('total_s')}s: {record.get('error')}")
     assert code == ROLLED_BACK, (record, err)
     assert record["result"] == "rolled_back"
     assert "held short of LIVE" in str(record["error"])

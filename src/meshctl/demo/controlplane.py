@@ -144,8 +144,7 @@ def mesh_snapshot(version: str, listener_ports: Sequence[int], upstream_port: in
     Each route config has one virtual host "*" routing prefix "/" to cluster "cluster_0" and
     adds a response header body_header: version. Clusters "cluster_0".."cluster_{n-1}" are EDS
     (eds_config: ads), connect_timeout 1s; each ClusterLoadAssignment has
-    endpoints_per_cluster endpoints, all 127.0.0.1:upstream_port (the same upstream; at scale
-    the count is what matters)."""
+    endpoints_per_cluster endpoints on upstream_port, each on its own loopback address."""
     if clusters < 1:
         raise ValueError("the routes need cluster_0: clusters must be at least 1")
     names = [f"cluster_{i}" for i in range(clusters)]
@@ -155,11 +154,14 @@ def mesh_snapshot(version: str, listener_ports: Sequence[int], upstream_port: in
             eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads_source()),
             connect_timeout=duration_pb2.Duration(seconds=1))
         for name in names)
+    # Envoy merges the endpoints of one address into one host: endpoint j gets its own
+    # loopback address, 127.0.(j // 250).(j % 250 + 1), all on the upstream's port (an
+    # upstream bound to 0.0.0.0 answers on every one; endpoint 0 is 127.0.0.1).
     lb_endpoints = [
         endpoint_components_pb2.LbEndpoint(
-            endpoint=endpoint_components_pb2.Endpoint(address=_socket("127.0.0.1",
-                                                                      upstream_port)))
-        for _ in range(endpoints_per_cluster)]
+            endpoint=endpoint_components_pb2.Endpoint(address=_socket(
+                f"127.0.{j // 250}.{j % 250 + 1}", upstream_port)))
+        for j in range(endpoints_per_cluster)]
     assignments = tuple(
         endpoint_pb2.ClusterLoadAssignment(
             cluster_name=name,
