@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zeroloss import records
+from zeroloss import records, xds_section
 
 HAND_WRITTEN = "benchmarks-upgrade-drain.md"
 """The hand-written benchmark page (upgrade under load with wrk and hey, drain time, the
@@ -299,7 +299,9 @@ def build_markdown(suite: Mapping[str, Any], docs_path: Path) -> str:
     for i, (key, scen) in enumerate(suite["scenarios"].items(), start=1):
         out += _scenario_section(i, key, scen, suite, base)
     out += _method(suite, base)
-    return "\n".join(out).rstrip() + "\n"
+    text = "\n".join(out).rstrip() + "\n"
+    scale = xds_section.load()
+    return xds_section.splice(text, scale) if scale is not None else text
 
 
 def _drift(suite: Mapping[str, Any]) -> str:

@@ -120,6 +120,9 @@ class GateServer:
     def start(self) -> GateServer:
         # Imported here: only an xDS-driven Envoy needs the gate, and grpc costs the supervisor
         # ~15 MB of memory and a few threads.
+        # No fork handlers: children are started with posix_spawn, and a handler run in a
+        # child would act on threads that do not exist there.
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
         import grpc  # noqa: PLC0415
 
         with contextlib.suppress(FileNotFoundError):
