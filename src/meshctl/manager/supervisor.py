@@ -604,7 +604,7 @@ class Supervisor:
 
     def _gate_holds(self, check: GateCheck | None, new: Generation) -> bool:
         """Whether the xDS gate still holds `new` short of LIVE (after a look when due)."""
-        if check is None:
+        if check is None or check.state is not GateState.HELD:
             return False
         held = self.guard.step(check, new) is GateState.HELD
         if not held and check.released_at is not None and self.upgrade is not None:
