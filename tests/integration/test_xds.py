@@ -148,6 +148,9 @@ def test_an_xds_driven_envoy_is_upgraded_both_ways_under_load_without_a_failed_r
     status = meshctl.status()
     assert status["xds"]["control_plane"]["connected"] is True
     assert status["xds"]["control_plane"]["lds_updates"] >= 1
+    text = meshctl.cli("status").stdout
+    assert "xDS: 2 listener(s), 2 route config(s), 4 cluster(s)" in text
+    assert "control plane connected" in text
 
 
 @pytest.mark.parametrize("fault", ["silent", "rds_silent", "listener_gone"])

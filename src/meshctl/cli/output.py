@@ -81,8 +81,24 @@ def upgrade_result(record: dict[str, Any], out: Format) -> None:
                    f"drained in {record.get('drain_s') or 0:.2f}s (ended: "
                    f"{record.get('drain_end')}, forced closes: {record.get('forced_closes')}); "
                    f"total {record.get('total_s') or 0:.2f}s")
+    gate = record.get("xds")
+    if gate:
+        typer.echo(f"  xDS: {xds_line(gate.get('new'))}; gate {gate.get('state')} after "
+                   f"{gate.get('checks')} check(s)" + _lost(gate.get("parity") or {}))
     if record.get("error"):
         typer.echo(f"  reason: {record['error']}")
+
+
+def xds_line(view: dict[str, Any] | None) -> str:
+    view = view or {}
+    return (f"{len(view.get('listeners') or {})} listener(s), {view.get('routes', 0)} route "
+            f"config(s), {view.get('clusters', 0)} cluster(s), {view.get('endpoints', 0)} "
+            f"endpoint(s)")
+
+
+def _lost(parity: dict[str, Any]) -> str:
+    lost = parity.get("missing_listeners") or []
+    return f"; LISTENERS LOST (accepted): {', '.join(lost)}" if lost else ""
 
 
 def status(snap: dict[str, Any], out: Format) -> None:
@@ -99,6 +115,14 @@ def status(snap: dict[str, Any], out: Format) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    xds = snap.get("xds")
+    if xds:
+        cp = xds.get("control_plane")
+        health = ("unknown (no admin API)" if cp is None else
+                  f"{'connected' if cp.get('connected') else 'DISCONNECTED'}, last update "
+                  f"{_ago(cp.get('last_update_at'))}, rejected {cp.get('lds_rejected', 0)} LDS / "
+                  f"{cp.get('cds_rejected', 0)} CDS")
+        typer.echo(f"xDS: {xds_line(xds)}; control plane {health}")
     up = snap.get("upgrade")
     if up:
         drain = up.get("drain") or {}
@@ -143,3 +167,7 @@ def xds_demo_report(report: dict[str, Any], out: Format) -> None:
                    f"{len(new.get('listeners') or {})} listener(s), {new.get('routes', 0)} "
                    f"route(s), {new.get('clusters', 0)} cluster(s) in the new generation"
                    + (f"; {up['error']}" if up.get("error") else ""))
+
+
+def _ago(at: float | None) -> str:
+    return "never" if not at else f"{max(0.0, time.time() - at):.0f}s ago"

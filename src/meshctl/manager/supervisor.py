@@ -847,8 +847,8 @@ class Supervisor:
             gen.listener_ports = gen.admin.listener_ports()
         except (AdminUnavailable, ValueError) as exc:
             log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)
-        if gen.xds_driven:
-            self.guard.observe(gen, force=True)  # listeners and ports LDS gave it by now
+        if gen.xds_driven:  # what LDS, RDS, CDS and EDS gave it, and its listener ports
+            self.guard.went_live(gen, self.upgrade.gate if self.upgrade is not None else None)
         self.metrics.set_live(gen.epoch, gen.version)
         if self.ledger is not None:
             self.ledger.record(gen.epoch, GenState.LIVE, pid=gen.pid, version=gen.version)

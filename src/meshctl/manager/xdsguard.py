@@ -166,6 +166,18 @@ class XdsGuard:
 
     # -- while it serves
 
+    def went_live(self, gen: Generation, check: GateCheck | None) -> None:
+        """`gen` is LIVE: its full view is the gate's last reading, or (a first start, a crash
+        restart) one read now; then its listener ports and health."""
+        if check is not None and check.view is not None:
+            self.live_view = check.view
+        else:
+            try:
+                self.live_view = xds.read_view(gen.admin)
+            except (AdminUnavailable, ValueError) as exc:
+                log.warning("epoch %d: LIVE but its xDS view is unavailable: %s", gen.epoch, exc)
+        self.observe(gen, force=True)
+
     def observe(self, live: Generation, *, force: bool = False) -> None:
         """Refresh the live generation's listeners and control-plane health (cheap reads)."""
         now = self.clock.monotonic()
