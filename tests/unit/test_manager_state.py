@@ -73,14 +73,73 @@ def test_prepare_twice_is_harmless(prepared: StateDir) -> None:
     assert prepared.load() == {"schema": SCHEMA, "epoch": 1}
 
 
-def test_prepare_closes_an_existing_dir_that_is_open_to_others(state: StateDir) -> None:
+def test_prepare_closes_an_existing_dir_that_others_can_only_read(state: StateDir) -> None:
     state.root.mkdir()
-    state.root.chmod(0o777)
+    state.root.chmod(0o755)
     (state.root / "logs").mkdir()
     (state.root / "logs").chmod(0o755)
     state.prepare()
     assert mode(state.root) == 0o700
     assert mode(state.logs) == 0o700
+
+
+@pytest.mark.parametrize("dir_mode", [0o777, 0o1777, 0o775])
+def test_prepare_refuses_and_leaves_alone_a_dir_others_can_write(
+        state: StateDir, dir_mode: int) -> None:
+    """`meshctl run --state-dir /tmp/x` on a 1777 dir used to make it 0700 (issue 19, 1)."""
+    state.root.mkdir()
+    state.root.chmod(dir_mode)
+    with pytest.raises(StateDirError, match="can be written by other users") as info:
+        state.prepare()
+    assert info.value.exit_code == 7
+    assert state.root.stat().st_mode & 0o7777 == dir_mode
+
+
+def test_prepare_refuses_a_dir_that_holds_what_is_not_meshctls(state: StateDir) -> None:
+    """A typo such as --state-dir /tmp, or /proc: never taken over."""
+    state.root.mkdir(mode=0o755)
+    (state.root / "somebody-elses.txt").write_text("x")
+    with pytest.raises(StateDirError, match="not a meshctl state dir"):
+        state.prepare()
+    assert mode(state.root) == 0o755
+
+
+def test_prepare_refuses_proc() -> None:
+    with pytest.raises(StateDirError):
+        StateDir(Path("/proc")).prepare()
+    assert mode(Path("/proc")) == 0o555
+
+
+def test_prepare_refuses_a_state_dir_under_a_dir_others_can_write_without_sticky_bit(
+        tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(StateDirError, match="not sticky"):
+        StateDir(open_dir / "state").prepare()
+    assert not (open_dir / "state").exists()
+
+
+def test_the_supervisor_lock_is_never_opened_through_a_symlink(prepared: StateDir) -> None:
+    target = prepared.root / "elsewhere"
+    target.write_text("precious\n")
+    prepared.lock_file.unlink(missing_ok=True)
+    prepared.lock_file.symlink_to(target)
+    with pytest.raises(StateDirError, match="symbolic link"):
+        prepared.acquire()
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("data", [
+    {"history": 5}, {"history": [1, 2, "x"]}, {"generations": "x"}, {"upgrade_counter": "7"},
+    {"history": [{"id": "u1"}]}, {"base_id": True},
+])
+def test_a_state_file_of_valid_json_but_wrong_types_is_corrupt_exit_7(
+        prepared: StateDir, data: dict[str, object]) -> None:
+    prepared.state_file.write_text(json.dumps({"schema": SCHEMA, **data}))
+    with pytest.raises(StateDirError, match="corrupt") as info:
+        prepared.load()
+    assert info.value.exit_code == 7
 
 
 def test_prepare_refuses_a_file_where_the_dir_should_be(state: StateDir) -> None:
@@ -127,7 +186,8 @@ def test_there_is_no_state_before_the_first_save(prepared: StateDir) -> None:
 
 
 def test_saved_state_loads_back_with_its_schema(prepared: StateDir) -> None:
-    data = {"epoch": 2, "base_id": 4242, "live": {"pid": 123}, "history": [{"id": "u1"}]}
+    data = {"epoch": 2, "base_id": 4242, "live": {"pid": 123},
+            "history": [{"id": "u1", "result": "succeeded"}]}
     prepared.save(data)
     assert prepared.load() == {"schema": SCHEMA, **data}
 

@@ -54,6 +54,16 @@ class HotRestartFiles:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def shared_memory_foreign_owner(self) -> int | None:
+        """The uid of another user who owns our shared-memory file (it squats our base id, or
+        runs an Envoy on it), or None when it is ours or absent. Its name follows from the
+        base id alone, and the base id from the state dir's path: anyone can guess it."""
+        try:
+            owner = self.shared_memory.lstat().st_uid
+        except FileNotFoundError:
+            return None
+        return owner if owner != os.getuid() else None
+
     def remove_all(self) -> None:
         """Remove every socket and the shared memory: only when no generation is running."""
         for path in [*self.all_sockets(), self.shared_memory]:

@@ -175,6 +175,13 @@ def call(path: Path, op: str, timeout_s: float = 35.0, **args: Any) -> dict[str,
             ) from exc
         except PermissionError as exc:
             raise errors.StateDirError(f"cannot reach {path}: permission denied") from exc
+        # Whoever answers must be our own user's supervisor: its status names binaries that
+        # the pre-flight runs, and root must never take that from another user.
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, server_uid, _gid = struct.unpack("3i", creds)
+        if server_uid != os.getuid():
+            raise errors.StateDirError(f"the process answering on {path} runs as uid "
+                                       f"{server_uid}, not as us: refusing to talk to it")
         try:
             _send(sock, {"op": op, **args})
             reply = _recv(sock)

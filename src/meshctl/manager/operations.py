@@ -18,13 +18,22 @@ from meshctl.envoy.binary import BinaryInfo, check_executable, probe_binary, val
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import call
 from meshctl.manager.state import StateDir
+from meshctl.trust import check_trusted
 
 Progress = Callable[[dict[str, Any]], None]
 POLL_S = 0.2
 
 
+def client(state_dir: Path) -> StateDir:
+    """The state dir of a client command, checked to be ours (`StateDir.check_client`); the
+    control call then checks that the server runs as our user too."""
+    sd = StateDir(state_dir)
+    sd.check_client()
+    return sd
+
+
 def status(state_dir: Path) -> dict[str, Any]:
-    return call(StateDir(state_dir).control_socket, "status")
+    return call(client(state_dir).control_socket, "status")
 
 
 def preflight(binary: Path, config: Path, live: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,13 +79,13 @@ def _running(live: Mapping[str, Any]) -> BinaryInfo:
     version, hot = live.get("version"), live.get("hot_restart_version")
     if isinstance(version, str) and isinstance(hot, str) and version and hot:
         return BinaryInfo(path=binary, version=version, hot_restart_version=hot)
-    return probe_binary(binary)
+    return probe_binary(check_trusted(binary, "running Envoy binary"))
 
 
 def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bool,
             timeout_s: float, run_preflight: bool, drain: dict[str, Any],
             progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
-    sd = StateDir(state_dir)
+    sd = client(state_dir)
     current = call(sd.control_socket, "status")
     live = current.get("live")
     if current.get("phase") != "running" or not live:
@@ -91,6 +100,9 @@ def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bo
             raise errors.BadInput(f"Envoy config not found: {config}")
         config = config.absolute()
     new_config = config or Path(live["config"])
+    # Run (pre-flight) and handed to a root supervisor: nothing another user can change.
+    check_trusted(binary, "Envoy binary")
+    check_trusted(new_config, "Envoy config")
     if live.get("xds_driven") and not force:
         control_plane_preflight(sd, current)
     if run_preflight:
@@ -135,7 +147,7 @@ def upgrade_exit_code(record: dict[str, Any], *, waited: bool) -> ExitCode:
 
 
 def stop(state_dir: Path, *, graceful: bool, wait: bool, timeout_s: float) -> None:
-    sd = StateDir(state_dir)
+    sd = client(state_dir)
     snap = call(sd.control_socket, "status")
     call(sd.control_socket, "stop", graceful=graceful)
     if not wait:

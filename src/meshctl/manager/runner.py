@@ -16,6 +16,7 @@ from meshctl.manager.process import keeper_binary
 from meshctl.manager.restarts import RestartPolicy
 from meshctl.manager.settings import InitPriority, SupervisorSettings, default_base_id
 from meshctl.manager.supervisor import Supervisor
+from meshctl.trust import check_trusted
 
 
 def bundled_demo_config() -> Path:
@@ -69,8 +70,9 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
         state_dir=state_dir,
         slot=slot,
         pod_dir=pod_dir,
-        binary=resolve_binary(envoy, environ),
-        config=check_config(config if config is not None else bundled_demo_config()),
+        binary=check_trusted(resolve_binary(envoy, environ), "Envoy binary"),
+        config=check_trusted(check_config(config if config is not None
+                                          else bundled_demo_config()), "Envoy config"),
         base_id=base_id if base_id is not None else default_base_id(pod_dir or state_dir),
         drain=drain,
         concurrency=concurrency,

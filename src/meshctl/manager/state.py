@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,13 @@ HISTORY_KEEP = 50
 # "<socket_prefix>_udp_parent_<id>", id = 10 * base id + epoch % 3, base id < 10,000,000.
 _SUN_PATH_MAX = 107
 _LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 8
+# What a state dir may hold: an existing dir with anything else in it is not ours (a typo such
+# as --state-dir /tmp, or /proc), and meshctl never takes it over.
+_OURS = re.compile(r"(state\.json|\.state\.json\.\d+\.tmp|supervisor\.lock|control\.sock|"
+                   r"gate\.sock|hr|logs|gen-\d+\.admin)")
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "history": list, "generations": list, "upgrade_counter": int, "base_id": int,
+}
 
 
 class StateDir:
@@ -64,35 +72,106 @@ class StateDir:
         return self.logs / f"envoy-{epoch}.log"
 
     def prepare(self) -> None:
-        """Create (0700) or check the dir: it must be ours and closed to others."""
+        """Create (0700) or check the dir: it must be ours, closed to others, and hold
+        nothing but meshctl's files. An existing dir is never taken over: one that others can
+        write to, or that holds anything else, is refused, not chmod-ed (`--state-dir /tmp`
+        must not close /tmp)."""
         longest = len(os.fsencode(self.socket_prefix)) + _LONGEST_SOCKET_SUFFIX
         if longest > _SUN_PATH_MAX:
             raise StateDirError(f"state dir {self.root} is too long a path for Unix sockets "
                                 f"({longest} > {_SUN_PATH_MAX} bytes); choose a shorter one")
+        self._check_parent()
+        if self.root.is_dir() and not self.root.is_symlink():
+            self._check_existing(self.root)
         for path in (self.root, self.socket_prefix.parent, self.logs):
             try:
+                existed = path.exists()
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                st = path.stat()
+                st = path.lstat()
             except OSError as exc:
                 raise StateDirError(f"state dir {path} cannot be created: {exc.strerror}") from exc
             if not stat.S_ISDIR(st.st_mode):
                 raise StateDirError(f"state dir {path} is not a directory")
             if st.st_uid != os.getuid():
                 raise StateDirError(f"state dir {path} belongs to uid {st.st_uid}, not us")
+            if st.st_mode & 0o022:
+                raise StateDirError(
+                    f"state dir {path} can be written by other users (mode "
+                    f"{stat.S_IMODE(st.st_mode):o}); meshctl only uses a dir of its own: "
+                    f"choose another, or make it 0700 yourself")
             if st.st_mode & 0o077:
+                # Readable by others but writable by us alone (a RuntimeDirectory's 0755):
+                # closing it takes nothing from anyone.
                 try:
                     path.chmod(0o700)
                 except OSError as exc:
                     raise StateDirError(f"state dir {path} is open to others and cannot be "
                                         f"closed: {exc.strerror}") from exc
+            if not existed or path != self.root:
+                continue
             if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
                 raise StateDirError(f"state dir {path} is not readable and writable")
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise StateDirError(f"state dir {self.root} is not readable and writable")
+
+    def _check_existing(self, root: Path) -> None:
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as exc:
+            raise StateDirError(f"state dir {root} cannot be read: {exc.strerror}") from exc
+        foreign = [n for n in names if not _OURS.fullmatch(n)]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+            raise StateDirError(f"{root} is not a meshctl state dir (it holds {shown}); give "
+                                f"a dir of its own, e.g. {root / 'meshctl'}")
+
+    def _check_parent(self) -> None:
+        """The dir that holds the state dir must not let another user replace it: owned by
+        us or root, and not writable by others unless sticky (/tmp). In a pod the shared
+        emptyDir (0777) holds both slots' dirs: one pod, one trust domain."""
+        parent = (self._hr.parent if self._hr != self.root / "hr" else self.root).parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        try:
+            st = parent.stat()
+        except OSError as exc:
+            raise StateDirError(f"cannot check {parent}: {exc.strerror}") from exc
+        pod = self._hr != self.root / "hr"
+        if st.st_uid not in (0, os.getuid()) and not pod:
+            raise StateDirError(f"the state dir's parent {parent} belongs to uid {st.st_uid}: "
+                                f"that user could replace the state dir")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and not pod:
+            raise StateDirError(f"the state dir's parent {parent} can be written by other "
+                                f"users and is not sticky: they could replace the state dir")
+
+    def check_client(self) -> None:
+        """For a client command: the state dir is ours, so that what answers on its control
+        socket is our supervisor, not another user's stand-in (whose status could name a
+        binary for the pre-flight to run)."""
+        try:
+            st = self.root.lstat()
+        except FileNotFoundError:
+            return  # nothing runs there: the call says so (exit 3)
+        except OSError as exc:
+            raise StateDirError(f"cannot check {self.root}: {exc.strerror}") from exc
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateDirError(f"state dir {self.root} is not a directory")
+        if st.st_uid != os.getuid():
+            raise StateDirError(f"state dir {self.root} belongs to uid {st.st_uid}, not us: "
+                                f"refusing to talk to a supervisor another user controls")
+        if st.st_mode & 0o022:
+            raise StateDirError(f"state dir {self.root} can be written by other users (mode "
+                                f"{stat.S_IMODE(st.st_mode):o}): refusing to use it")
 
     def acquire(self) -> None:
         """Take the supervisor lock, or refuse: one supervisor per state dir."""
         try:
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.lock_file,
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateDirError(f"{self.lock_file} is a symbolic link: refusing to follow "
+                                    f"it") from exc
             raise StateDirError(f"cannot open {self.lock_file}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,6 +208,10 @@ class StateDir:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise StateDirError(f"{self.state_file} is not a meshctl state file of schema "
                                 f"{SCHEMA}; move it aside to start over")
+        problem = _malformed(data)
+        if problem is not None:
+            raise StateDirError(f"{self.state_file} is corrupt ({problem}); move it aside to "
+                                f"start over")
         return data
 
     def save(self, data: dict[str, Any]) -> None:
@@ -153,3 +236,19 @@ class StateDir:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise StateDirError(f"cannot write {self.state_file}: {exc.strerror}") from exc
+
+
+def _malformed(data: dict[str, Any]) -> str | None:
+    """What is wrong with a state file's fields (valid JSON, wrong types), or None."""
+    for key, kind in _FIELD_TYPES.items():
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"{key} is {type(value).__name__}, not {getattr(kind, '__name__', kind)}"
+    for key in ("history", "generations"):
+        for item in data.get(key) or []:
+            if not isinstance(item, dict):
+                return f"an entry of {key} is {type(item).__name__}, not an object"
+    for record in data.get("history") or []:
+        if not isinstance(record.get("id"), str) or not isinstance(record.get("result"), str):
+            return "an upgrade record has no id or result"
+    return None

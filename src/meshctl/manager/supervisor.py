@@ -34,12 +34,13 @@ import logging
 import os
 import select
 import signal
+import socket
 from collections import deque
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from meshctl import cpu, errors
+from meshctl import cpu, errors, trust
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.drain.activity import cpu_seconds
 from meshctl.drain.connections import count_downstream
@@ -134,6 +135,7 @@ class Supervisor:
         self.control = ControlServer(self.state.control_socket, lambda: self._snapshot,
                                      self._wake)
         self.guard = XdsGuard(self.state.root / "gate.sock", self.clock)
+        self._base_id_lock: socket.socket | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -143,6 +145,11 @@ class Supervisor:
         self.state.prepare()
         self.state.acquire()
         self._state_loaded = False
+        try:
+            self._claim_base_id()
+        except errors.MeshctlError:
+            self.state.release()
+            raise
         if os.getpid() != 1 and not become_subreaper():
             log.warning("cannot become a child subreaper: orphaned Envoys go to init")
         old_handlers: dict[int, Any] = {}
@@ -183,10 +190,34 @@ class Supervisor:
                 signal.signal(signum, handler)
             if self.health is not None:
                 self.health.close()
+            if self._base_id_lock is not None:
+                self._base_id_lock.close()
             self.state.release()
             os.close(self._wake_r)
             os.close(self._wake_w)
         return self.exit_code
+
+    def _claim_base_id(self) -> None:
+        """One supervisor per base id on this host (the two slots of a pod share theirs): the
+        base id names Envoy's shared memory and hot-restart sockets, which each supervisor
+        removes at start and stop. Held as an abstract Unix socket, which the kernel frees
+        when we die, whatever the death. And the shared memory must not be another user's."""
+        owner = self.files.shared_memory_foreign_owner()
+        if owner is not None:
+            raise errors.Busy(f"{self.files.shared_memory} belongs to uid {owner}: another "
+                              f"user holds base id {self.settings.base_id}; choose another "
+                              f"--base-id")
+        if self.ledger is not None:
+            return
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            lock.bind(f"\0meshctl-base-id-{self.settings.base_id}")
+        except OSError as exc:
+            lock.close()
+            raise errors.Busy(f"base id {self.settings.base_id} is used by another meshctl "
+                              f"supervisor on this host (its Envoy's shared memory would be "
+                              f"ours to remove); choose another --base-id") from exc
+        self._base_id_lock = lock
 
     def _load_previous(self) -> list[Generation]:
         """History from the state file, and the generations a crashed supervisor left running
@@ -310,7 +341,9 @@ class Supervisor:
         self.stand_ins.clear()
         self.control.close()
         self.guard.close()
-        if not any(g.alive for g in self.generations.values()):
+        # A run refused before it could read its state file (corrupt: exit 7) does not know
+        # whose these files are: they may be a live Envoy's, which a later run adopts.
+        if self._state_loaded and not any(g.alive for g in self.generations.values()):
             # In a pod the hot-restart files are shared: the other slot's generation may be
             # live on them.
             if self.ledger is None or not self.ledger.slot_alive(
@@ -387,8 +420,10 @@ class Supervisor:
         if cmd.op == "upgrade":
             if self.phase is not Phase.RUNNING or self.live is None:
                 raise errors.Busy(f"upgrade refused: {self._busy_reason()}")
-            binary = _existing_file(cmd.args.get("binary"), self.live.binary, "Envoy binary")
-            config = _existing_file(cmd.args.get("config"), self.live.config, "config file")
+            binary = trust.check_trusted(_existing_file(
+                cmd.args.get("binary"), self.live.binary, "Envoy binary"), "Envoy binary")
+            config = trust.check_trusted(_existing_file(
+                cmd.args.get("config"), self.live.config, "config file"), "Envoy config")
             policy = self._policy_from(cmd.args)
             ready_timeout_s = _positive(cmd.args.get("ready_timeout_s"),
                                         self.settings.ready_timeout_s, "ready timeout")
@@ -436,6 +471,12 @@ class Supervisor:
             extra_args=self.settings.extra_args, no_parent_ok=no_parent_ok,
             config_yaml=config_yaml,
         )
+        # Checked again at every start, not only when accepted: a crash restart runs the same
+        # paths, and nobody but us or root may have been able to change them since.
+        for path, what in ((binary, "Envoy binary"), (config, "Envoy config")):
+            reason = trust.untrusted_reason(path)
+            if reason is not None:
+                raise errors.StartFailed(f"refusing to start {what} {path}: {reason}")
         log_path = self.state.log_file(epoch)
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
