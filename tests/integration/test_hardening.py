@@ -235,3 +235,19 @@ def test_the_state_dir_is_never_chmod_ed_when_refused(workdir: Path, ports: Port
     assert stat.S_IMODE(shared.stat().st_mode) | stat.S_ISVTX == 0o1777 | stat.S_ISVTX
     assert shared.stat().st_mode & 0o7777 == 0o1777
 
+
+
+def test_the_bundled_configs_admin_api_is_a_unix_socket_only_its_user_can_reach(
+        meshctl: Meshctl) -> None:
+    """On 127.0.0.1:15000 any local user could POST /quitquitquit (issue 19, 3)."""
+    meshctl.start()
+    epoch = meshctl.status()["epoch"]
+    address = (meshctl.state_dir / f"gen-{epoch}.admin").read_text().strip()
+    assert address == str(meshctl.state_dir / "admin.sock")
+    st = Path(address).stat()
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 15000)) != 0
+    done = meshctl.cli("upgrade", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert Path(address).exists()

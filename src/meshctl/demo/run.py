@@ -16,7 +16,7 @@ from typing import Any
 from meshctl import errors
 from meshctl.demo.loadgen import LoadGen
 from meshctl.manager import operations
-from meshctl.manager.runner import bundled_demo_config
+from meshctl.manager.runner import render_demo_config
 
 
 def free_port() -> int:
@@ -25,11 +25,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def demo_config(listener_port: int, admin_port: int, body: str) -> str:
-    text = bundled_demo_config().read_text()
-    return (text.replace("port_value: 10000", f"port_value: {listener_port}")
-                .replace("port_value: 15000", f"port_value: {admin_port}")
-                .replace("hello from meshctl demo", body))
+def demo_config(dest: Path, listener_port: int, body: str) -> Path:
+    """The bundled config for the demo: its listener port, its body, its admin socket (0600)
+    beside the config."""
+    return render_demo_config(dest, dest.with_name("admin.sock"), listener_port=listener_port,
+                              body=body)
 
 
 def wait_running(state_dir: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -47,17 +47,17 @@ def wait_running(state_dir: Path, proc: subprocess.Popen[bytes], timeout_s: floa
 def run_demo(duration_s: float, to_envoy: str | None,
              log: Callable[[str], None]) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="meshctl-demo-"))
-    port, admin = free_port(), free_port()
-    v1, v2 = tmp / "v1.yaml", tmp / "v2.yaml"
-    v1.write_text(demo_config(port, admin, "hello from config v1"))
-    v2.write_text(demo_config(port, admin, "hello from config v2"))
+    port = free_port()
+    v1 = demo_config(tmp / "v1.yaml", port, "hello from config v1")
+    v2 = demo_config(tmp / "v2.yaml", port, "hello from config v2")
     state_dir = tmp / "state"
     cmd = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(state_dir),
            "--config", str(v1), "--drain-min-s", "1", "--drain-max-s", "10",
            "--health-address", "127.0.0.1:0", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
     try:
-        log(f"starting Envoy under meshctl: listener 127.0.0.1:{port}, admin {admin}")
+        log(f"starting Envoy under meshctl: listener 127.0.0.1:{port}, admin "
+            f"{tmp / 'admin.sock'}")
         wait_running(state_dir, proc, 30)
         log(f"sending traffic for {duration_s:g}s (4 keep-alive connections + 1 new "
             f"connection per request)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,16 +38,38 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket: Envoy's admin on a `pipe` address (mode 0600), which other
+    local users cannot reach, unlike a loopback port."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class AdminClient:
     def __init__(self, address_file: Path, timeout_s: float = 1.0) -> None:
         self.address_file = address_file
         self.timeout_s = timeout_s
 
-    def address(self) -> tuple[str, int] | None:
+    def address(self) -> tuple[str, int] | str | None:
+        """(host, port), or the path of a Unix socket (Envoy writes the pipe's path)."""
         try:
             text = self.address_file.read_text()
         except FileNotFoundError:
             return None
+        if text.startswith("/"):
+            return text.strip() or None
         try:
             return parse_address(text)
         except ValueError:
@@ -56,13 +79,16 @@ class AdminClient:
         addr = self.address()
         if addr is None:
             raise AdminUnavailable("admin address not published yet")
-        conn = http.client.HTTPConnection(addr[0], addr[1], timeout=self.timeout_s)
+        conn: http.client.HTTPConnection = (
+            _UnixHTTPConnection(addr, self.timeout_s) if isinstance(addr, str)
+            else http.client.HTTPConnection(addr[0], addr[1], timeout=self.timeout_s))
+        where = addr if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
         try:
             conn.request(method, path)
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise AdminUnavailable(f"admin {addr[0]}:{addr[1]}{path}: {exc}") from exc
+            raise AdminUnavailable(f"admin {where}{path}: {exc}") from exc
         finally:
             conn.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -15,12 +16,28 @@ from meshctl.manager.pod import SLOTS
 from meshctl.manager.process import keeper_binary
 from meshctl.manager.restarts import RestartPolicy
 from meshctl.manager.settings import InitPriority, SupervisorSettings, default_base_id
+from meshctl.manager.state import StateDir
 from meshctl.manager.supervisor import Supervisor
 from meshctl.trust import check_trusted
 
 
 def bundled_demo_config() -> Path:
     return Path(str(resources.files("meshctl.envoy").joinpath("configs/demo.yaml")))
+
+
+def render_demo_config(dest: Path, admin_socket: Path, *, listener_port: int = 10000,
+                       body: str = "hello from meshctl demo") -> Path:
+    """The bundled demo config, written to `dest` with its admin API on `admin_socket` (0600):
+    never on a port any local user can reach."""
+    text = (bundled_demo_config().read_text()
+            .replace('"@ADMIN_SOCKET@"', json.dumps(str(admin_socket)))
+            .replace("port_value: 10000", f"port_value: {listener_port}")
+            .replace("hello from meshctl demo", body))
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)
+    tmp.replace(dest)
+    return dest
 
 
 def check_config(path: Path) -> Path:
@@ -66,13 +83,17 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
             raise errors.BadInput(f"--slot must be one of {', '.join(SLOTS)}, not {slot!r}")
         # The state dir given is the pod's shared dir; this slot's own state lives inside.
         pod_dir, state_dir = state_dir, state_dir / f"slot-{slot}"
+    if config is None:
+        # The bundled config, with its admin socket in the state dir (checked as ours first).
+        sd = StateDir(state_dir, pod_dir / "hr" if pod_dir is not None else None)
+        sd.prepare()
+        config = render_demo_config(sd.root / "demo-envoy.yaml", sd.root / "admin.sock")
     settings = SupervisorSettings(
         state_dir=state_dir,
         slot=slot,
         pod_dir=pod_dir,
         binary=check_trusted(resolve_binary(envoy, environ), "Envoy binary"),
-        config=check_trusted(check_config(config if config is not None
-                                          else bundled_demo_config()), "Envoy config"),
+        config=check_trusted(check_config(config), "Envoy config"),
         base_id=base_id if base_id is not None else default_base_id(pod_dir or state_dir),
         drain=drain,
         concurrency=concurrency,

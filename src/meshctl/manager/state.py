@@ -32,7 +32,8 @@ _LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 8
 # What a state dir may hold: an existing dir with anything else in it is not ours (a typo such
 # as --state-dir /tmp, or /proc), and meshctl never takes it over.
 _OURS = re.compile(r"(state\.json|\.state\.json\.\d+\.tmp|supervisor\.lock|control\.sock|"
-                   r"gate\.sock|hr|logs|gen-\d+\.admin)")
+                   r"gate\.sock|hr|logs|gen-\d+\.admin|demo-envoy\.yaml|\.demo-envoy\.yaml\.tmp|"
+                   r"admin\.sock)")
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "history": list, "generations": list, "upgrade_counter": int, "base_id": int,
 }
