@@ -1,4 +1,5 @@
-"""Envoy's hot-restart shared memory, and the one repair meshctl makes in it (Trap 1).
+"""Envoy's hot-restart shared memory, and the one repair meshctl makes in it (Trap 1,
+docs/traps.md).
 
 A new generation sets the INITIALIZING bit when it attaches and clears it when it has
 initialized. If it dies first (listener bind conflict, crash, SIGKILL, an init that hangs and

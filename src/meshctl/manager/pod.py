@@ -39,7 +39,8 @@ class GenState(enum.StrEnum):
     DRAINING = "draining"
     EXITED = "exited"
     FAILED = "failed"
-    """Never became LIVE: the other slot may have to repair the hot restart (Trap 1)."""
+    """Never became LIVE: the other slot may have to repair the hot restart
+    (Trap 1, docs/traps.md)."""
 
 
 def other_slot(slot: str) -> str:

@@ -17,9 +17,10 @@ An upgrade, as the phases see it:
   RUNNING      N has exited; N+1 is live alone; the upgrade is recorded.
 A failed upgrade (N+1 exits, or misses its ready deadline):
   ROLLING_BACK N+1 is stopped; N never stopped serving.
-  RECOVERING   if N+1 wedged the hot restart (Trap 1: INITIALIZING left set, N's admin
-               listener closed), the flag is cleared and a generation on N's own binary and
-               config takes over from N under epoch N+1 again, bringing the admin API back;
+  RECOVERING   if N+1 wedged the hot restart (Trap 1 in docs/traps.md: INITIALIZING left
+               set, N's admin listener closed), the flag is cleared and a generation on N's
+               own binary and config takes over from N under epoch N+1 again, bringing the
+               admin API back;
                then DRAINING as above, and the upgrade is recorded as rolled back.
 Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTING a fresh
 generation (`--skip-hot-restart-on-no-parent`); too many crashes in a window: FAILED.
@@ -562,7 +563,7 @@ class Supervisor:
 
     def _end(self, gen: Generation, grace_s: float) -> None:
         """Start ending a generation (named steps). If its child is alive, a stand-in answers
-        on its socket first, so the child does not abort (Trap 2)."""
+        on its socket first, so the child does not abort (Trap 2, docs/traps.md)."""
         stopping = self.stoppers.get(gen.epoch)
         # An epoch number is reused after a rollback: only this process's own stopper counts.
         if (stopping is not None and stopping.process is gen.process) or not gen.alive:
@@ -732,7 +733,8 @@ class Supervisor:
         self._save()
 
     def _needs_recovery(self, old: Generation) -> str | None:
-        """Why the old generation cannot be left as it is after a failed child (Trap 1)."""
+        """Why the old generation cannot be left as it is after a failed child (Trap 1,
+        docs/traps.md)."""
         shm = self.files.shared_memory
         try:
             version = _hot_restart_version(old)
@@ -948,7 +950,7 @@ class Supervisor:
 
     def _clear_stale_flag(self, binary: Path | None = None) -> None:
         """No generation runs: a flag left by one that died initializing would refuse the
-        next start (Trap 1)."""
+        next start (Trap 1, docs/traps.md)."""
         shm = self.files.shared_memory
         binary = binary or (self.live.binary if self.live is not None else None)
         if binary is None or not shm.exists():

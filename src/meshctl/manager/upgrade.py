@@ -43,7 +43,7 @@ class Upgrade:
     """The new generation must be LIVE within this, or the upgrade is rolled back."""
     recovery: str | None = None
     """After a rollback: not_needed, recovered (a generation on the old binary and config
-    replaced the wedged old one, see Trap 1) or failed."""
+    replaced the wedged old one, see Trap 1 in docs/traps.md) or failed."""
     init_scheduling: str = "normal"
     """How the new generation initialized: `idle until LIVE (...)` or `normal (why not)`."""
     events: list[tuple[float, str]] = field(default_factory=list)
