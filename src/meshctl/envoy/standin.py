@@ -2,11 +2,11 @@
 
 Why (Trap 2 in docs/traps.md, upstream issue 7468, reproduced here with 1.40.0): the new
 generation keeps talking to its parent's socket after the parent is gone. Every stats flush (~5
-s) it sends a Stats request and blocks its main thread until the reply comes; at --parent-
-shutdown-time-s it sends Terminate. If nothing is bound there, the send fails, Envoy retries
-for ~10 s with its main thread blocked (admin dead) and then aborts: the new generation dies
-and traffic stops. If something is bound but does not answer the Stats request, the main thread
-blocks forever.
+s) it sends a Stats request and blocks its main thread until the reply comes; at
+--parent-shutdown-time-s it sends Terminate. If nothing is bound there, the send fails, Envoy
+retries for ~10 s with its main thread blocked (admin dead) and then aborts: the new generation
+dies and traffic stops. If something is bound but does not answer the Stats request, the main
+thread blocks forever.
 
 So, before meshctl signals a draining parent, it binds this stand-in at the parent's socket
 path (bind to a temporary name, then rename over the path: the path never dangles), and
