@@ -16,9 +16,8 @@ class Phase(enum.StrEnum):
     """The new generation failed (exited, or not LIVE in time) and is being stopped; the old
     one never stopped serving."""
     RECOVERING = "recovering"
-    """After a rollback that wedged the hot restart (Trap 1,
-    docs/traps.md): a generation on the old binary
-    and config takes over from the old one to bring its admin API back."""
+    """After a rollback that wedged the hot restart (Trap 1, docs/traps.md): a generation on
+    the old binary and config takes over from the old one to bring its admin API back."""
     DRAINING = "draining"
     """The new generation is LIVE; the old one drains inside the drain window."""
     HANDING_OVER = "handing_over"

@@ -39,33 +39,30 @@ import socket
 from collections import deque
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, assert_never
 
 from meshctl import cpu, errors, trust
 from meshctl.clock import Clock, Deadline, SystemClock
-from meshctl.drain.activity import cpu_seconds
 from meshctl.drain.connections import count_downstream
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow, Verdict
-from meshctl.envoy import sharedmem, xds
-from meshctl.envoy.admin import AdminClient, AdminUnavailable
-from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
-from meshctl.envoy.binary import probe_binary
+from meshctl.envoy.admin import AdminUnavailable
 from meshctl.envoy.hotrestart import HotRestartFiles
-from meshctl.envoy.standin import ParentStandIn
 from meshctl.exitcodes import ExitCode
+from meshctl.manager import adoption, handover, repair
 from meshctl.manager.control import Command, ControlServer
+from meshctl.manager.drainwatch import DrainWatch
 from meshctl.manager.generation import Generation, Role
+from meshctl.manager.generations import Generations
 from meshctl.manager.health import HealthServer
 from meshctl.manager.initwatch import InitWatch, Restored
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
-from meshctl.manager.pod import GenState, PodLedger
-from meshctl.manager.process import ChildProcess, become_subreaper, reap_children, tail
+from meshctl.manager.pod import GenState, PodLedger, other_slot
+from meshctl.manager.process import become_subreaper, tail
 from meshctl.manager.restarts import CrashLoop
 from meshctl.manager.settings import InitPriority, SupervisorSettings
 from meshctl.manager.state import HISTORY_KEEP, StateDir
-from meshctl.manager.stopper import Stopper, StopStep
 from meshctl.manager.upgrade import Upgrade, init_scheduling
 from meshctl.manager.xdsguard import GateCheck, GateState, XdsGuard
 
@@ -73,24 +70,12 @@ log = logging.getLogger(__name__)
 
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
 _POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
-# How often connections are read from the kernel: while draining (the window's input; two
-# zero readings in a row end it; none before they could, `DrainWindow.first_useful_reading`)
-# and in steady state (for status only). A reading walks the kernel's whole TCP table: ~20 ms
-# with 40k TIME_WAIT entries here.
-_DRAIN_SAMPLE_S = 0.25
-# Many connections left (a gradual drain spreads the closes over seconds): the window cannot
-# end before they are gone, so read less often; near idle, at the full rate again.
-_DRAIN_SAMPLE_BUSY_S = 1.0
-_NEAR_IDLE = 4
+# How often the live generation's connections are read in steady state (for status only; a
+# reading walks the kernel's whole TCP table). While draining: `meshctl.manager.drainwatch`.
 _CONNECTION_SAMPLE_S = 5.0
 _POD_CHECK_S = 0.25  # how often a slot's supervisor reads the pod ledger
 _SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
                              Phase.ROLLING_BACK, Phase.RECOVERING})
-
-
-def _drain_sample_s(connections: int | None) -> float:
-    return _DRAIN_SAMPLE_S if connections is None or connections <= _NEAR_IDLE \
-        else _DRAIN_SAMPLE_BUSY_S
 
 
 class Supervisor:
@@ -105,13 +90,10 @@ class Supervisor:
         self.phase = Phase.STARTING
         self.exit_code = ExitCode.OK
         self.failure: str | None = None
-        self.generations: dict[int, Generation] = {}
+        self.gens = Generations(settings, self.state, self.files, self.ledger, self.clock)
         self.live: Generation | None = None
         self.upgrade: Upgrade | None = None
         self.history: list[dict[str, Any]] = []
-        self.next_epoch = 0
-        self.stand_ins: dict[int, ParentStandIn] = {}
-        self.stoppers: dict[int, Stopper] = {}
         self.shutdown_window: DrainWindow | None = None
         self.graceful_stop = True
         self.ready_deadline: Deadline | None = None
@@ -132,6 +114,7 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._snapshot: dict[str, Any] = {}
         self._last_sample = 0.0
+        self.drain_watch = DrainWatch()
         self._upgrade_counter = 0
         self.control = ControlServer(self.state.control_socket, lambda: self._snapshot,
                                      self._wake)
@@ -177,11 +160,11 @@ class Supervisor:
             self._publish()
             while self.phase is not Phase.STOPPED:
                 self._wait(self.settings.idle_tick_s
-                           if self.phase in (Phase.RUNNING, Phase.IDLE) and not self.stoppers
+                           if self.phase in (Phase.RUNNING, Phase.IDLE) and not self.gens.stoppers
                            else self.settings.tick_s)
                 self._handle_signals()
                 self._handle_commands()
-                self._reap()
+                self.gens.reap()
                 self._step()
                 self._publish()
         finally:
@@ -222,60 +205,20 @@ class Supervisor:
 
     def _load_previous(self) -> list[Generation]:
         """History from the state file, and the generations a crashed supervisor left running
-        (its keeper kept them alive): they are adopted, not killed."""
-        previous = self.state.load()
+        (its keeper kept them alive): they are adopted, not killed (`adoption`)."""
+        previous = adoption.load(self.state, self.settings.base_id, self.clock)
         if previous is None:
             return []
-        self.history = list(previous.get("history", []))[-HISTORY_KEEP:]
-        self._upgrade_counter = int(previous.get("upgrade_counter", 0))
-        adopted: list[Generation] = []
-        for rec in previous.get("generations") or []:
-            gen = self._adopt(rec)
-            if gen is not None:
-                adopted.append(gen)
-        if adopted and previous.get("base_id") != self.settings.base_id:
-            raise errors.Busy(
-                f"Envoy epoch {adopted[-1].epoch} (pid {adopted[-1].pid}) from a previous "
-                f"supervisor runs with --base-id {previous.get('base_id')}; start meshctl with "
-                f"that base id to adopt it, or stop it first"
-            )
-        return sorted(adopted, key=lambda g: g.epoch)
-
-    def _adopt(self, rec: dict[str, Any]) -> Generation | None:
-        try:
-            keeper_pid = rec.get("keeper_pid")
-            process = ChildProcess.adopt(
-                pid=int(keeper_pid or rec["pid"]),
-                create_time=float(rec.get("keeper_create_time") or rec["create_time"]),
-                envoy_pid=int(rec["pid"]), envoy_create_time=float(rec["create_time"]),
-                keeper=keeper_pid is not None,
-            )
-            epoch = int(rec["epoch"])
-        except (KeyError, TypeError, ValueError):
-            log.warning("ignoring a malformed generation record in the state file: %r", rec)
-            return None
-        if process is None:
-            return None
-        gen = Generation(
-            epoch=epoch, binary=Path(rec["binary"]), config=Path(rec["config"]),
-            process=process, admin=AdminClient(self.state.admin_address_file(epoch), 1.0),
-            log_path=Path(rec.get("log") or self.state.log_file(epoch)),
-            started_mono=self.clock.monotonic(), started_wall=float(rec.get("started_at") or 0),
-            version=rec.get("version"),
-            hot_restart_version=rec.get("hot_restart_version"),
-            listener_ports=frozenset(int(p) for p in rec.get("listener_ports") or []),
-            xds_driven=bool(rec.get("xds_driven")),
-        )
-        log.warning("epoch %d: adopted running Envoy pid %d from a previous supervisor",
-                    epoch, gen.pid)
-        return gen
+        self.history = previous.history
+        self._upgrade_counter = previous.upgrade_counter
+        return previous.adopted
 
     def _resume(self, adopted: list[Generation]) -> None:
         """Carry on from what a crashed supervisor left: the newest generation serves (or is
         still starting); an older one still alive was draining, and drains again."""
         for gen in adopted:
-            self.generations[gen.epoch] = gen
-        self.next_epoch = adopted[-1].epoch + 1
+            self.gens.by_epoch[gen.epoch] = gen
+        self.gens.next_epoch = adopted[-1].epoch + 1
         newest = adopted[-1]
         older = [g for g in adopted if g is not newest]
         if not older:
@@ -284,7 +227,7 @@ class Supervisor:
             return  # STARTING: _step_starting marks it LIVE once /ready says so
         old = older[-1]
         for extra in older[:-1]:
-            self._end(extra, self.settings.drain.stop_grace_s)
+            self.gens.end(extra, self.settings.drain.stop_grace_s)
         self.live = old
         old.role = Role.LIVE
         upgrade = self._new_upgrade(old, newest.epoch, newest.binary, newest.config,
@@ -302,7 +245,7 @@ class Supervisor:
         if self.ledger is not None:
             self._start_in_pod(binary, config)
         else:
-            self.live = self._spawn(binary, config, s.drain, no_parent_ok=no_parent_ok)
+            self.live = self.gens.spawn(binary, config, s.drain, no_parent_ok=no_parent_ok)
         self.ready_deadline = Deadline(self.clock, s.ready_timeout_s)
         self._save()
 
@@ -315,42 +258,39 @@ class Supervisor:
             epoch = other[0] + 1
             log.info("slot %s: hot restart from slot %s's epoch %d", self.settings.slot,
                      other[1].get("slot"), other[0])
-            self.live = self._spawn(binary, config, self.settings.drain, epoch=epoch)
+            self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch)
             return
         known = [int(k) for k in self.ledger.read()["generations"]]
         epoch = max(known) + 1 if known else 0
         if epoch == 0:
             self.files.remove_all()
         else:
-            self._clear_stale_flag(binary)
+            repair.clear_before_start(self.files, binary)
             self.files.leave_dead_parent(epoch - 1)
-        self.live = self._spawn(binary, config, self.settings.drain, epoch=epoch,
+        self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch,
                                 no_parent_ok=epoch > 0)
 
     def _final_cleanup(self) -> None:
         """Whatever happened, leave no process and no file of ours behind."""
-        for gen in self.generations.values():
-            if gen.alive:
-                gen.process.send(signal.SIGKILL)
+        for gen in self.gens.alive():
+            gen.process.send(signal.SIGKILL)
         deadline = Deadline(self.clock, 5.0)
-        while any(g.alive for g in self.generations.values()) and not deadline.expired():
-            self._reap()
-            if any(g.alive for g in self.generations.values()):
+        while self.gens.any_alive() and not deadline.expired():
+            self.gens.reap()
+            if self.gens.any_alive():
                 self._wait(0.05)
-        for stand_in in self.stand_ins.values():
-            stand_in.close()
-        self.stand_ins.clear()
+        self.gens.close_stand_ins()
         self.control.close()
         self.guard.close()
         # A run refused before it could read its state file (corrupt: exit 7) does not know
         # whose these files are: they may be a live Envoy's, which a later run adopts.
-        if self._state_loaded and not any(g.alive for g in self.generations.values()):
+        if self._state_loaded and not self.gens.any_alive():
             # In a pod the hot-restart files are shared: the other slot's generation may be
             # live on them.
-            if self.ledger is None or not self.ledger.slot_alive(
-                    "b" if self.settings.slot == "a" else "a"):
+            if self.ledger is None or self.settings.slot is None or not self.ledger.slot_alive(
+                    other_slot(self.settings.slot)):
                 self.files.remove_all()
-            for gen in self.generations.values():
+            for gen in self.gens.by_epoch.values():
                 with contextlib.suppress(FileNotFoundError):
                     gen.admin.address_file.unlink()
         self.live = None
@@ -405,7 +345,7 @@ class Supervisor:
 
     def handle_usr1(self) -> None:
         """SIGUSR1 asks Envoy to reopen its access logs (log rotation): every generation."""
-        for gen in self.generations.values():
+        for gen in self.gens.by_epoch.values():
             if gen.alive:
                 gen.process.send(signal.SIGUSR1)
 
@@ -452,138 +392,6 @@ class Supervisor:
                     f"{self.upgrade.to_epoch}) is in progress ({self.phase})")
         return f"the supervisor is {self.phase}"
 
-    # ----------------------------------------------------------------- processes
-
-    def _spawn(self, binary: Path, config: Path, policy: DrainPolicy, *,
-               no_parent_ok: bool = False, epoch: int | None = None,
-               idle: bool = False, config_yaml: str | None = None) -> Generation:
-        if epoch is None:
-            epoch = self.next_epoch
-        self.next_epoch = epoch + 1
-        admin_file = self.state.admin_address_file(epoch)
-        with contextlib.suppress(FileNotFoundError):
-            admin_file.unlink()  # a stale address would make us poll someone else
-        spec = LaunchSpec(
-            binary=binary, config=config, base_id=self.settings.base_id, epoch=epoch,
-            socket_prefix=self.state.socket_prefix, admin_address_path=admin_file,
-            drain_time_s=policy.envoy_drain_time_s,
-            parent_shutdown_time_s=policy.envoy_parent_shutdown_time_s,
-            drain_strategy=str(policy.strategy), concurrency=self.settings.concurrency,
-            extra_args=self.settings.extra_args, no_parent_ok=no_parent_ok,
-            config_yaml=config_yaml,
-        )
-        # Checked again at every start, not only when accepted: a crash restart runs the same
-        # paths, and nobody but us or root may have been able to change them since.
-        for path, what in ((binary, "Envoy binary"), (config, "Envoy config")):
-            reason = trust.untrusted_reason(path)
-            if reason is not None:
-                raise errors.StartFailed(f"refusing to start {what} {path}: {reason}")
-        log_path = self.state.log_file(epoch)
-        with contextlib.suppress(FileNotFoundError):
-            log_path.unlink()
-        self._prune_logs(keep_from=epoch - 5)
-        try:
-            process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ), log_path,
-                                         keeper=self.settings.keeper, idle=idle)
-        except OSError as exc:
-            raise errors.StartFailed(f"cannot start {binary}: {exc.strerror}") from exc
-        gen = Generation(
-            epoch=epoch, binary=binary, config=config, process=process,
-            admin=AdminClient(admin_file, timeout_s=1.0), log_path=log_path,
-            started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
-            xds_driven=xds.is_xds_driven(config),
-        )
-        self.generations[epoch] = gen
-        if self.ledger is not None:
-            self.ledger.record(epoch, GenState.STARTING, pid=gen.pid, binary=str(binary))
-        log.info("epoch %d: started pid %d (%s, %s)", epoch, gen.pid, binary, config)
-        return gen
-
-    def _prune_logs(self, keep_from: int) -> None:
-        for path in self.state.logs.glob("envoy-*.log"):
-            with contextlib.suppress(ValueError, OSError):
-                if int(path.stem.split("-")[1].split(".")[0]) < keep_from:
-                    path.unlink()
-
-    def _reap(self) -> None:
-        by_pid = {g.process.pid: g for g in self.generations.values() if g.alive}
-        for pid, status in reap_children():
-            gen = by_pid.get(pid)
-            if gen is None:
-                log.debug("reaped unknown child %d", pid)  # an orphan handed to PID 1
-                continue
-            gen.process.exit_status = status
-            self._exited(gen)
-        for gen in by_pid.values():
-            if gen.process.poll_adopted():
-                self._exited(gen)
-
-    def _exited(self, gen: Generation) -> None:
-        gen.role = Role.EXITED
-        log.info("epoch %d: pid %d %s", gen.epoch, gen.pid, gen.process.describe_exit())
-        if gen.epoch in self.stoppers:  # its stop's last named step, before any record closes
-            self.stoppers[gen.epoch].tick()
-        if self.ledger is not None:
-            self.ledger.record(gen.epoch, GenState.EXITED if gen.live_mono is not None
-                               else GenState.FAILED, exit=gen.process.describe_exit())
-        # A generation gone while its child lives: answer on its socket from now on, or the
-        # child blocks on its next stats request and aborts at its parent-shutdown timer.
-        if self._child_alive(gen) and gen.epoch not in self.stand_ins:
-            self._bind_stand_in(gen)
-        # Its child (epoch+1) may still talk to its parent socket through a stand-in: keep it.
-        self.files.remove_generation(gen.epoch, keep_parent=gen.epoch in self.stand_ins)
-        with contextlib.suppress(FileNotFoundError):
-            gen.admin.address_file.unlink()
-        # It was the only sender to its parent's stand-in: that stand-in is done.
-        stand_in = self.stand_ins.pop(gen.epoch - 1, None)
-        if stand_in is not None:
-            stand_in.close()
-
-    def _child_alive(self, gen: Generation) -> bool:
-        """Is generation epoch+1 running: here, or (in a pod) in the other slot?"""
-        child = self.generations.get(gen.epoch + 1)
-        if child is not None:
-            return child.alive
-        if self.ledger is not None:
-            return self.ledger.state_of(gen.epoch + 1) in (GenState.STARTING, GenState.LIVE)
-        return False
-
-    def _bind_stand_in(self, gen: Generation) -> bool:
-        return self._bind_stand_in_for(gen.epoch)
-
-    def _bind_stand_in_for(self, epoch: int) -> bool:
-        stand_in = ParentStandIn(self.files.parent_socket(epoch), epoch)
-        try:
-            stand_in.start()
-        except OSError as exc:
-            log.error("epoch %d: stand-in could not bind (%s)", epoch, exc)
-            return False
-        self.stand_ins[epoch] = stand_in
-        return True
-
-    def _end(self, gen: Generation, grace_s: float) -> None:
-        """Start ending a generation (named steps). If its child is alive, a stand-in answers
-        on its socket first, so the child does not abort (Trap 2, docs/traps.md)."""
-        stopping = self.stoppers.get(gen.epoch)
-        # An epoch number is reused after a rollback: only this process's own stopper counts.
-        if (stopping is not None and stopping.process is gen.process) or not gen.alive:
-            return
-        if (self._child_alive(gen) and gen.epoch not in self.stand_ins
-                and not self._bind_stand_in(gen)):
-            log.error("epoch %d: waiting for Envoy's own timer instead of ending it", gen.epoch)
-            return
-        # Its parent may be here or (in a pod) in the other slot: never SIGTERM a generation
-        # that was not LIVE while something could be its parent.
-        never_live = gen.live_mono is None and gen.epoch > 0
-        gen.role = Role.STOPPING
-        # Its exit (destructors, freeing its heap, closing sockets) is a burst of CPU that must
-        # not come out of the serving generation's latency: it runs only on CPU left unused.
-        log.info("epoch %d: %d thread(s) to idle priority for the exit", gen.epoch,
-                 gen.process.yield_cpu())
-        stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
-        self.stoppers[gen.epoch] = stopper
-        stopper.start(ask=not never_live)
-
     # ----------------------------------------------------------------- upgrade
 
     def _new_upgrade(self, old: Generation, to_epoch: int, binary: Path, config: Path,
@@ -604,15 +412,15 @@ class Supervisor:
                        listener_change_ok: bool = False) -> Upgrade:
         old = self.live
         assert old is not None
-        upgrade = self._new_upgrade(old, self.next_epoch, binary, config, policy, reason,
+        upgrade = self._new_upgrade(old, self.gens.next_epoch, binary, config, policy, reason,
                                     ready_timeout_s)
         self.phase = transition(self.phase, Phase.UPGRADING)
         idle, upgrade.init_scheduling = init_scheduling(
             self.settings.init_priority, cpu.can_restore(),
             cpu.pressure() if self.settings.init_priority is InitPriority.AUTO else None)
-        upgrade.gate, gate_yaml = self.guard.prepare(old, config, self.next_epoch,
+        upgrade.gate, gate_yaml = self.guard.prepare(old, config, self.gens.next_epoch,
                                                      listener_change_ok=listener_change_ok)
-        new = self._spawn(binary, config, policy, idle=idle, config_yaml=gate_yaml)
+        new = self.gens.spawn(binary, config, policy, idle=idle, config_yaml=gate_yaml)
         upgrade.to_pid = new.pid
         upgrade.event(self.clock.monotonic(), "new_started")
         self._end_init_watch()
@@ -626,7 +434,7 @@ class Supervisor:
     def _step_upgrading(self) -> None:
         upgrade = self.upgrade
         assert upgrade is not None
-        new = self.generations[upgrade.to_epoch]
+        new = self.gens.by_epoch[upgrade.to_epoch]
         if not new.alive:
             upgrade.error = (f"new generation {new.process.describe_exit()} before LIVE: "
                              f"{_last_log(new)}")
@@ -686,28 +494,28 @@ class Supervisor:
         self._end_init_watch()
         log.error("upgrade %s: rolling back: %s", upgrade.id, upgrade.error)
         self.phase = transition(self.phase, Phase.ROLLING_BACK)
-        self._end(failed, self.settings.drain.stop_grace_s)
+        self.gens.end(failed, self.settings.drain.stop_grace_s)
         self._save()
 
     def _step_rolling_back(self) -> None:
         """The failed generation is being stopped; once it is gone, repair what it left."""
         upgrade = self.upgrade
         assert upgrade is not None
-        failed = self.generations[upgrade.to_epoch]
-        if failed.epoch in self.stoppers:
-            self.stoppers[failed.epoch].tick()
+        failed = self.gens.by_epoch[upgrade.to_epoch]
+        if failed.epoch in self.gens.stoppers:
+            self.gens.stoppers[failed.epoch].tick()
         if failed.alive:
             return
-        self.stoppers.pop(failed.epoch, None)  # its epoch goes to the next generation
+        self.gens.stoppers.pop(failed.epoch, None)  # its epoch goes to the next generation
         self._keep_failed_log(failed, upgrade)
         # The next generation takes the failed one's epoch: Envoy finds its parent's socket
         # by epoch - 1, and the live one is failed.epoch - 1.
-        self.next_epoch = failed.epoch
+        self.gens.next_epoch = failed.epoch
         old = self.live
         if old is None or not old.alive:
             self._crashed("the old generation exited during the rollback")
             return
-        reason = self._needs_recovery(old)
+        reason = repair.needs_recovery(self.files, old)
         if reason is None:
             upgrade.recovery = "not_needed"
             self._finish_upgrade("rolled_back")
@@ -720,10 +528,10 @@ class Supervisor:
         # Gated like any generation with a parent: on an xDS config, a recovery started while
         # the control plane is silent would otherwise go LIVE with no listener.
         failed_gate = upgrade.gate
-        upgrade.gate, gate_yaml = self.guard.prepare(old, old.config, self.next_epoch)
+        upgrade.gate, gate_yaml = self.guard.prepare(old, old.config, self.gens.next_epoch)
         if failed_gate is not None and upgrade.gate is not None:
             upgrade.gate.baseline = failed_gate.baseline  # read before the admin closed
-        self._spawn(old.binary, old.config, upgrade.drain, config_yaml=gate_yaml)
+        self.gens.spawn(old.binary, old.config, upgrade.drain, config_yaml=gate_yaml)
         # A gated recovery waits for the same control plane as the failed generation: it gets
         # the upgrade's own ready timeout, so that a failed upgrade ends within twice that.
         self.ready_deadline = Deadline(self.clock, upgrade.ready_timeout_s
@@ -732,26 +540,10 @@ class Supervisor:
         self.phase = transition(self.phase, Phase.RECOVERING)
         self._save()
 
-    def _needs_recovery(self, old: Generation) -> str | None:
-        """Why the old generation cannot be left as it is after a failed child (Trap 1,
-        docs/traps.md)."""
-        shm = self.files.shared_memory
-        try:
-            version = _hot_restart_version(old)
-            if shm.exists() and sharedmem.clear_initializing(shm, version):
-                log.warning("cleared the stale INITIALIZING flag in %s", shm)
-                return "the failed generation left the hot-restart flag set"
-        except (errors.MeshctlError, sharedmem.UnknownLayout, OSError) as exc:
-            log.error("cannot check %s (%s): the next upgrade may be refused by Envoy",
-                      shm, exc)
-        if not old.admin.is_ready():
-            return f"epoch {old.epoch} lost its admin listener to the failed generation"
-        return None
-
     def _step_recovering(self) -> None:
         upgrade = self.upgrade
         assert upgrade is not None
-        recovery = self.generations[upgrade.to_epoch]
+        recovery = self.gens.by_epoch[upgrade.to_epoch]
         if (recovery.alive and not self._gate_holds(upgrade.gate, recovery)
                 and recovery.admin.is_ready()):
             self._handover(recovery)
@@ -759,21 +551,20 @@ class Supervisor:
         if recovery.alive and not (self.ready_deadline and self.ready_deadline.expired()):
             return
         if recovery.alive:
-            self._end(recovery, self.settings.drain.stop_grace_s)
-            self.stoppers[recovery.epoch].tick()
+            self.gens.end(recovery, self.settings.drain.stop_grace_s)
+            self.gens.stoppers[recovery.epoch].tick()
             return
         upgrade.recovery = "failed"
-        self.stoppers.pop(recovery.epoch, None)
-        self.next_epoch = recovery.epoch
+        self.gens.stoppers.pop(recovery.epoch, None)
+        self.gens.next_epoch = recovery.epoch
         why = (upgrade.gate.reason() if upgrade.gate is not None
                and upgrade.gate.state is GateState.HELD else _last_log(recovery))
         upgrade.error = (f"{upgrade.error}; recovery failed too ({why}): "
                          f"epoch {upgrade.from_epoch} serves without its admin API until the "
                          f"next upgrade")
-        with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
-            assert self.live is not None
-            sharedmem.clear_initializing(
-                self.files.shared_memory, _hot_restart_version(self.live))
+        if self.live is not None:
+            with contextlib.suppress(errors.MeshctlError):
+                repair.clear_flag(self.files.shared_memory, repair.hot_restart_version(self.live))
         self._finish_upgrade("rolled_back")
 
     def _keep_failed_log(self, failed: Generation, upgrade: Upgrade) -> None:
@@ -786,7 +577,7 @@ class Supervisor:
     def _step_draining(self) -> None:
         upgrade = self.upgrade
         assert upgrade is not None and upgrade.window is not None
-        old = self.generations[upgrade.from_epoch]
+        old = self.gens.by_epoch[upgrade.from_epoch]
         now = self.clock.monotonic()
         if self.live is not None and not self.live.alive:
             self._crashed(f"epoch {self.live.epoch} {self.live.process.describe_exit()} while "
@@ -799,15 +590,18 @@ class Supervisor:
             upgrade.event(now, "old_exited")
             self._finish_upgrade("rolled_back" if upgrade.recovery else "succeeded")
             return
-        if old.epoch in self.stoppers:
-            self.stoppers[old.epoch].tick()
+        self._drain_old(upgrade, old, now)
+
+    def _drain_old(self, upgrade: Upgrade, old: Generation, now: float) -> None:
+        """The old generation of an upgrade or a pod handover drains: end it when its window
+        says so (idle, or the deadline with the connections left counted as forced closes)."""
+        assert upgrade.window is not None
+        if old.epoch in self.gens.stoppers:
+            self.gens.stoppers[old.epoch].tick()
             return
-        if not self._drain_reading_due(upgrade.window, now, old):
-            return
-        self._last_sample = now
-        upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
-        verdict = upgrade.window.decide(now, old.connections)
-        if verdict is Verdict.WAIT:
+        verdict = self.drain_watch.look(upgrade.window, old, now)
+        upgrade.connections = old.connections
+        if verdict is None or verdict is Verdict.WAIT:
             return
         upgrade.drain_end = verdict.value
         if verdict is Verdict.DEADLINE:
@@ -815,26 +609,12 @@ class Supervisor:
         upgrade.event(now, f"drain_end_{verdict.value}")
         log.info("upgrade %s: drain window ends (%s) after %.1fs, %s connection(s) left",
                  upgrade.id, verdict.value, upgrade.window.elapsed(now), old.connections)
-        self._end(old, upgrade.drain.stop_grace_s)
+        self.gens.end(old, upgrade.drain.stop_grace_s)
 
-    def _drain_reading_due(self, window: DrainWindow, now: float, draining: Generation) -> bool:
-        """Whether to read `draining`'s connections now (an old generation after an upgrade,
-        or the live one at shutdown): always at the deadline, else not before a reading can
-        help end the window, then at the interval its last count calls for, and not while it
-        is visibly serving (it used more than 8 % of a core since the last look: a reading
-        costs milliseconds of our CPU beside Envoy's workers and could only say "wait";
-        `meshctl.drain.activity`)."""
-        deadline = window.time_left(now) == 0
-        if not deadline and not (
-                now >= window.first_useful_reading(_DRAIN_SAMPLE_S)
-                and now - self._last_sample >= _drain_sample_s(draining.connections)):
-            return False
-        if window.readings.allow(now, cpu_seconds(draining.pid), force=deadline):
-            return True
-        self._last_sample = now  # looked and skipped: the next look is an interval later
-        return False
-
-    def _finish_upgrade(self, result: str) -> None:
+    def _finish_upgrade(self, result: str, then: Phase | None = Phase.RUNNING) -> None:
+        """The one end of every upgrade: its record into the history and the metrics, then
+        the phase `then` (RUNNING; IDLE for a slot that handed over; None: the caller moves
+        on, as a crash or a stop does)."""
         upgrade = self.upgrade
         assert upgrade is not None
         now = self.clock.monotonic()
@@ -852,11 +632,13 @@ class Supervisor:
             log.error("upgrade %s %s: %s (recovery: %s)", upgrade.id, result, upgrade.error,
                       upgrade.recovery)
         self.upgrade = None
-        self.stoppers = {e: s for e, s in self.stoppers.items() if s.step is not StopStep.DONE}
+        self.gens.drop_done_stoppers()
+        if then is None:
+            return
         if self.live is not None and self.live.xds_driven and self.live.alive:
             self.guard.observe(self.live, force=True)  # the status the waiting CLI reads
         if self.phase is not Phase.STOPPING:
-            self.phase = transition(self.phase, Phase.RUNNING)
+            self.phase = transition(self.phase, then)
         self._save()
 
     def _end_init_watch(self) -> Restored | None:
@@ -905,10 +687,10 @@ class Supervisor:
         log.error("%s", message)
         if self.upgrade is not None:
             self.upgrade.error = message
-            self._finish_upgrade_aborted()
-        for gen in self.generations.values():
+            self._finish_upgrade("aborted", then=None)
+        for gen in self.gens.by_epoch.values():
             if gen.alive:
-                self._end(gen, self.settings.drain.stop_grace_s)
+                self.gens.end(gen, self.settings.drain.stop_grace_s)
         delay = self.crashes.next_delay()
         self.metrics.envoy_restarted("crash")
         if delay is None:
@@ -923,41 +705,19 @@ class Supervisor:
         self.phase = transition(self.phase, Phase.RESTARTING)
         self._save()
 
-    def _finish_upgrade_aborted(self) -> None:
-        upgrade = self.upgrade
-        assert upgrade is not None
-        upgrade.result = "aborted"
-        upgrade.total_s = round(self.clock.monotonic() - upgrade.requested_mono, 3)
-        record = upgrade.to_json(self.clock.monotonic())
-        self.history = [*self.history, record][-HISTORY_KEEP:]
-        self.metrics.upgrade_finished(record)
-        self.upgrade = None
-
     def _step_restarting(self) -> None:
-        for stopper in self.stoppers.values():
-            stopper.tick()
-        if any(g.alive for g in self.generations.values()):
+        self.gens.tick_stoppers()
+        if self.gens.any_alive():
             return
         if self.restart_at is not None and not self.restart_at.expired():
             return
-        self._clear_stale_flag()
-        self.files.leave_dead_parent(self.next_epoch - 1)
+        repair.clear_before_start(self.files, self.live.binary if self.live else None)
+        self.files.leave_dead_parent(self.gens.next_epoch - 1)
         self.phase = transition(self.phase, Phase.STARTING)
         try:
             self._start_generation(no_parent_ok=True)
         except errors.StartFailed as exc:
             self._crashed(str(exc))
-
-    def _clear_stale_flag(self, binary: Path | None = None) -> None:
-        """No generation runs: a flag left by one that died initializing would refuse the
-        next start (Trap 1, docs/traps.md)."""
-        shm = self.files.shared_memory
-        binary = binary or (self.live.binary if self.live is not None else None)
-        if binary is None or not shm.exists():
-            return
-        with contextlib.suppress(errors.MeshctlError, sharedmem.UnknownLayout, OSError):
-            if sharedmem.clear_initializing(shm, probe_binary(binary).hot_restart_version):
-                log.warning("cleared the stale INITIALIZING flag in %s", shm)
 
     # ----------------------------------------------------------------- stop
 
@@ -973,14 +733,14 @@ class Supervisor:
             self.graceful_stop = graceful
             if self.upgrade is not None:
                 self.upgrade.error = "supervisor stopped during the upgrade"
-                self._finish_upgrade_aborted()
+                self._finish_upgrade("aborted", then=None)
         elif not graceful:
             self.graceful_stop = False
         live = self.live if self.live is not None and (
             self.live.role is Role.LIVE or handover is not None) else None
-        for gen in self.generations.values():
+        for gen in self.gens.by_epoch.values():
             if gen.alive and (gen is not live or not self.graceful_stop):
-                self._end(gen, self.settings.drain.stop_grace_s)
+                self.gens.end(gen, self.settings.drain.stop_grace_s)
         if live is not None and live.alive and self.graceful_stop and handover is not None:
             self.shutdown_window = handover
             log.info("epoch %d: stopping while handing over: its drain goes on (%.1fs left)",
@@ -994,53 +754,55 @@ class Supervisor:
                          self.settings.drain.drain_max_s)
             except AdminUnavailable as exc:
                 log.warning("epoch %d: drain request failed (%s); stopping it", live.epoch, exc)
-                self._end(live, self.settings.drain.stop_grace_s)
+                self.gens.end(live, self.settings.drain.stop_grace_s)
         self._save()
 
     def _step_stopping(self) -> None:
-        for stopper in self.stoppers.values():
-            stopper.tick()
+        self.gens.tick_stoppers()
         live = self.live
         now = self.clock.monotonic()
-        if (live is not None and live.alive and live.epoch not in self.stoppers
-                and self.shutdown_window is not None
-                and self._drain_reading_due(self.shutdown_window, now, live)):
-            self._last_sample = now
-            live.connections = count_downstream(live.pid, live.listener_ports)
-            verdict = self.shutdown_window.decide(now, live.connections)
-            if verdict is not Verdict.WAIT:
+        if (live is not None and live.alive and live.epoch not in self.gens.stoppers
+                and self.shutdown_window is not None):
+            verdict = self.drain_watch.look(self.shutdown_window, live, now)
+            if verdict is not None and verdict is not Verdict.WAIT:
                 log.info("epoch %d: shutdown drain ends (%s), %s connection(s) left",
                          live.epoch, verdict.value, live.connections)
-                self._end(live, self.settings.drain.stop_grace_s)
-        if not any(g.alive for g in self.generations.values()):
+                self.gens.end(live, self.settings.drain.stop_grace_s)
+        if not self.gens.any_alive():
             self.phase = transition(self.phase, Phase.STOPPED)
 
     # ----------------------------------------------------------------- the phase machine
 
     def _step(self) -> None:
-        if self.phase is Phase.STARTING:
-            self._step_starting()
-        elif self.phase is Phase.RUNNING:
-            self._step_running()
-        elif self.phase is Phase.UPGRADING:
-            self._step_upgrading()
-        elif self.phase is Phase.ROLLING_BACK:
-            self._step_rolling_back()
-        elif self.phase is Phase.RECOVERING:
-            self._step_recovering()
-        elif self.phase is Phase.DRAINING:
-            self._step_draining()
-        elif self.phase is Phase.RESTARTING:
-            self._step_restarting()
-        elif self.phase is Phase.HANDING_OVER:
-            self._step_handing_over()
-        elif self.phase is Phase.IDLE:
-            for stopper in self.stoppers.values():
-                stopper.tick()
-        elif self.phase is Phase.STOPPING:
-            self._step_stopping()
-        elif self.phase is Phase.FAILED:
-            self._begin_stop(graceful=False)
+        """Advance the phase machine one tick (`meshctl.manager.phase`); every phase is
+        handled, mypy checks it (`assert_never`)."""
+        match self.phase:
+            case Phase.STARTING:
+                self._step_starting()
+            case Phase.RUNNING:
+                self._step_running()
+            case Phase.UPGRADING:
+                self._step_upgrading()
+            case Phase.ROLLING_BACK:
+                self._step_rolling_back()
+            case Phase.RECOVERING:
+                self._step_recovering()
+            case Phase.DRAINING:
+                self._step_draining()
+            case Phase.RESTARTING:
+                self._step_restarting()
+            case Phase.HANDING_OVER:
+                self._step_handing_over()
+            case Phase.IDLE:
+                self.gens.tick_stoppers()
+            case Phase.STOPPING:
+                self._step_stopping()
+            case Phase.FAILED:
+                self._begin_stop(graceful=False)
+            case Phase.STOPPED:
+                pass  # the loop ends
+            case _:
+                assert_never(self.phase)
 
     def _step_starting(self) -> None:
         gen = self.live
@@ -1064,9 +826,8 @@ class Supervisor:
             self._fail(message, ExitCode.START_FAILED)
 
     def _step_running(self) -> None:
-        for stopper in self.stoppers.values():
-            stopper.tick()
-        self.stoppers = {e: s for e, s in self.stoppers.items() if s.step is not StopStep.DONE}
+        self.gens.tick_stoppers()
+        self.gens.drop_done_stoppers()
         live = self.live
         assert live is not None
         if not live.alive:
@@ -1089,30 +850,29 @@ class Supervisor:
 
     def _check_pod(self, live: Generation) -> None:
         """What the other slot did: took over from us, failed and wedged us, or ended our
-        parent (whose socket we then answer on)."""
+        parent (whose socket we then answer on); decided in `meshctl.manager.handover`."""
         assert self.ledger is not None
-        parent = live.epoch - 1
-        if (parent >= 0 and parent not in self.stand_ins and parent not in self.generations
-                and self.ledger.state_of(parent) == GenState.EXITED):
-            # The other slot's supervisor will leave with its stand-in; ours replaces it
-            # (rename over the same path) so that our generation never finds it missing.
-            self._bind_stand_in_for(parent)
-        newer = self.ledger.newer(live.epoch)
-        if newer is None:
+        news = handover.read_news(
+            live.epoch, self.ledger.newer(live.epoch), self.ledger.state_of(live.epoch - 1),
+            ours=self.gens.by_epoch, answered=self.gens.stand_ins,
+            handled_failures=self._handled_failures)
+        if news.answer_parent:
+            self.gens.bind_stand_in_for(live.epoch - 1)
+        if news.epoch is None:
             return
-        epoch, entry = newer
-        if entry.get("state") == GenState.LIVE:
-            self._begin_handover(live, epoch, entry)
-        elif entry.get("state") == GenState.FAILED and epoch not in self._handled_failures:
-            self._handled_failures.add(epoch)
-            reason = self._needs_recovery(live)
+        slot = news.entry.get("slot")
+        if news.action is handover.PodAction.DRAIN:
+            self._begin_handover(live, news.epoch, dict(news.entry))
+        elif news.action is handover.PodAction.CHECK_REPAIR:
+            self._handled_failures.add(news.epoch)
+            reason = repair.needs_recovery(self.files, live)
             if reason is not None:
-                log.warning("slot %s's epoch %d failed: %s; recovering", entry.get("slot"),
-                            epoch, reason)
+                log.warning("slot %s's epoch %d failed: %s; recovering", slot, news.epoch,
+                            reason)
                 self.metrics.envoy_restarted("recovery")
-                self.next_epoch = epoch
+                self.gens.next_epoch = news.epoch
                 self._begin_upgrade(live.binary, live.config, self.settings.drain,
-                                    f"recovery after slot {entry.get('slot')} failed",
+                                    f"recovery after slot {slot} failed",
                                     self.settings.ready_timeout_s)
 
     def _begin_handover(self, live: Generation, epoch: int, entry: dict[str, Any]) -> None:
@@ -1141,34 +901,11 @@ class Supervisor:
             upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
             upgrade.drain_end = upgrade.drain_end or "exited"
             upgrade.event(now, "old_exited")
-            self.upgrade = None
-            upgrade.result = "succeeded"
-            upgrade.total_s = round(now - upgrade.requested_mono, 3)
-            record = upgrade.to_json(now)
-            self.history = [*self.history, record][-HISTORY_KEEP:]
-            self.metrics.upgrade_finished(record)
             self.live = None
-            self.phase = transition(self.phase, Phase.IDLE)
             log.info("handed over: idle until this container is switched to standby")
-            self._save()
+            self._finish_upgrade("succeeded", then=Phase.IDLE)
             return
-        if old.epoch in self.stoppers:
-            self.stoppers[old.epoch].tick()
-            return
-        if not self._drain_reading_due(upgrade.window, now, old):
-            return
-        self._last_sample = now
-        upgrade.connections = old.connections = count_downstream(old.pid, old.listener_ports)
-        verdict = upgrade.window.decide(now, old.connections)
-        if verdict is Verdict.WAIT:
-            return
-        upgrade.drain_end = verdict.value
-        if verdict is Verdict.DEADLINE:
-            upgrade.forced_closes = old.connections or 0
-        upgrade.event(now, f"drain_end_{verdict.value}")
-        log.info("handover: drain window ends (%s), %s connection(s) left", verdict.value,
-                 old.connections)
-        self._end(old, upgrade.drain.stop_grace_s)
+        self._drain_old(upgrade, old, now)
 
     def _fail(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
         log.error("%s", message)
@@ -1199,7 +936,7 @@ class Supervisor:
             "base_id": self.settings.base_id,
             "epoch": live.epoch if live is not None else None,
             "live": live.to_json() if live is not None and live.alive else None,
-            "generations": [g.to_json() for g in self.generations.values() if g.alive],
+            "generations": [g.to_json() for g in self.gens.by_epoch.values() if g.alive],
             "upgrade": self.upgrade.to_json(now) if self.upgrade is not None else None,
             "last_upgrade": self.history[-1] if self.history else None,
             "upgrades": len(self.history),
@@ -1264,8 +1001,3 @@ def _positive(raw: Any, default: float, what: str) -> float:
 def _last_log(gen: Generation) -> str:
     lines = tail(gen.log_path, lines=3)
     return " | ".join(lines) if lines else "(no log output)"
-
-
-def _hot_restart_version(gen: Generation) -> str:
-    """What the generation's Envoy speaks: as it said at LIVE, else from its binary."""
-    return gen.hot_restart_version or probe_binary(gen.binary).hot_restart_version

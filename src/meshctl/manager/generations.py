@@ -1,0 +1,195 @@
+"""The generations of one supervisor, as processes: spawn, reap, exit, stand-ins, ending.
+
+Mechanism only: this module starts and ends Envoy generations and keeps the hot-restart chain
+whole while it does (a stand-in answers on the socket of a parent that is gone while its child
+lives: Trap 2, docs/traps.md). When to start or end one is the supervisor's policy
+(`meshctl.manager.supervisor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from meshctl import errors, trust
+from meshctl.clock import Clock
+from meshctl.drain.policy import DrainPolicy
+from meshctl.envoy import xds
+from meshctl.envoy.admin import AdminClient
+from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
+from meshctl.envoy.hotrestart import HotRestartFiles
+from meshctl.envoy.standin import ParentStandIn
+from meshctl.manager.generation import Generation, Role
+from meshctl.manager.pod import GenState, PodLedger
+from meshctl.manager.process import ChildProcess, reap_children
+from meshctl.manager.settings import SupervisorSettings
+from meshctl.manager.state import StateDir
+from meshctl.manager.stopper import Stopper, StopStep
+
+log = logging.getLogger("meshctl.manager.supervisor")
+
+
+class Generations:
+    """Every Envoy generation this supervisor started or adopted, by epoch."""
+
+    def __init__(self, settings: SupervisorSettings, state: StateDir, files: HotRestartFiles,
+                 ledger: PodLedger | None, clock: Clock) -> None:
+        self.settings = settings
+        self.state = state
+        self.files = files
+        self.ledger = ledger
+        self.clock = clock
+        self.by_epoch: dict[int, Generation] = {}
+        self.stand_ins: dict[int, ParentStandIn] = {}
+        self.stoppers: dict[int, Stopper] = {}
+        self.next_epoch = 0
+
+    def alive(self) -> list[Generation]:
+        return [g for g in self.by_epoch.values() if g.alive]
+
+    def any_alive(self) -> bool:
+        return any(g.alive for g in self.by_epoch.values())
+
+    def tick_stoppers(self) -> None:
+        for stopper in self.stoppers.values():
+            stopper.tick()
+
+    def drop_done_stoppers(self) -> None:
+        self.stoppers = {e: s for e, s in self.stoppers.items() if s.step is not StopStep.DONE}
+
+    def close_stand_ins(self) -> None:
+        for stand_in in self.stand_ins.values():
+            stand_in.close()
+        self.stand_ins.clear()
+
+    def spawn(self, binary: Path, config: Path, policy: DrainPolicy, *,
+               no_parent_ok: bool = False, epoch: int | None = None,
+               idle: bool = False, config_yaml: str | None = None) -> Generation:
+        if epoch is None:
+            epoch = self.next_epoch
+        self.next_epoch = epoch + 1
+        admin_file = self.state.admin_address_file(epoch)
+        with contextlib.suppress(FileNotFoundError):
+            admin_file.unlink()  # a stale address would make us poll someone else
+        spec = LaunchSpec(
+            binary=binary, config=config, base_id=self.settings.base_id, epoch=epoch,
+            socket_prefix=self.state.socket_prefix, admin_address_path=admin_file,
+            drain_time_s=policy.envoy_drain_time_s,
+            parent_shutdown_time_s=policy.envoy_parent_shutdown_time_s,
+            drain_strategy=str(policy.strategy), concurrency=self.settings.concurrency,
+            extra_args=self.settings.extra_args, no_parent_ok=no_parent_ok,
+            config_yaml=config_yaml,
+        )
+        # Checked again at every start, not only when accepted: a crash restart runs the same
+        # paths, and nobody but us or root may have been able to change them since.
+        for path, what in ((binary, "Envoy binary"), (config, "Envoy config")):
+            reason = trust.untrusted_reason(path)
+            if reason is not None:
+                raise errors.StartFailed(f"refusing to start {what} {path}: {reason}")
+        log_path = self.state.log_file(epoch)
+        with contextlib.suppress(FileNotFoundError):
+            log_path.unlink()
+        self.prune_logs(keep_from=epoch - 5)
+        try:
+            process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ), log_path,
+                                         keeper=self.settings.keeper, idle=idle)
+        except OSError as exc:
+            raise errors.StartFailed(f"cannot start {binary}: {exc.strerror}") from exc
+        gen = Generation(
+            epoch=epoch, binary=binary, config=config, process=process,
+            admin=AdminClient(admin_file, timeout_s=1.0), log_path=log_path,
+            started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
+            xds_driven=xds.is_xds_driven(config),
+        )
+        self.by_epoch[epoch] = gen
+        if self.ledger is not None:
+            self.ledger.record(epoch, GenState.STARTING, pid=gen.pid, binary=str(binary))
+        log.info("epoch %d: started pid %d (%s, %s)", epoch, gen.pid, binary, config)
+        return gen
+
+    def prune_logs(self, keep_from: int) -> None:
+        for path in self.state.logs.glob("envoy-*.log"):
+            with contextlib.suppress(ValueError, OSError):
+                if int(path.stem.split("-")[1].split(".")[0]) < keep_from:
+                    path.unlink()
+
+    def reap(self) -> None:
+        by_pid = {g.process.pid: g for g in self.by_epoch.values() if g.alive}
+        for pid, status in reap_children():
+            gen = by_pid.get(pid)
+            if gen is None:
+                log.debug("reaped unknown child %d", pid)  # an orphan handed to PID 1
+                continue
+            gen.process.exit_status = status
+            self.exited(gen)
+        for gen in by_pid.values():
+            if gen.process.poll_adopted():
+                self.exited(gen)
+
+    def exited(self, gen: Generation) -> None:
+        gen.role = Role.EXITED
+        log.info("epoch %d: pid %d %s", gen.epoch, gen.pid, gen.process.describe_exit())
+        if gen.epoch in self.stoppers:  # its stop's last named step, before any record closes
+            self.stoppers[gen.epoch].tick()
+        if self.ledger is not None:
+            self.ledger.record(gen.epoch, GenState.EXITED if gen.live_mono is not None
+                               else GenState.FAILED, exit=gen.process.describe_exit())
+        # A generation gone while its child lives: answer on its socket from now on, or the
+        # child blocks on its next stats request and aborts at its parent-shutdown timer.
+        if self.child_alive(gen) and gen.epoch not in self.stand_ins:
+            self.bind_stand_in(gen)
+        # Its child (epoch+1) may still talk to its parent socket through a stand-in: keep it.
+        self.files.remove_generation(gen.epoch, keep_parent=gen.epoch in self.stand_ins)
+        with contextlib.suppress(FileNotFoundError):
+            gen.admin.address_file.unlink()
+        # It was the only sender to its parent's stand-in: that stand-in is done.
+        stand_in = self.stand_ins.pop(gen.epoch - 1, None)
+        if stand_in is not None:
+            stand_in.close()
+
+    def child_alive(self, gen: Generation) -> bool:
+        """Is generation epoch+1 running: here, or (in a pod) in the other slot?"""
+        child = self.by_epoch.get(gen.epoch + 1)
+        if child is not None:
+            return child.alive
+        if self.ledger is not None:
+            return self.ledger.state_of(gen.epoch + 1) in (GenState.STARTING, GenState.LIVE)
+        return False
+
+    def bind_stand_in(self, gen: Generation) -> bool:
+        return self.bind_stand_in_for(gen.epoch)
+
+    def bind_stand_in_for(self, epoch: int) -> bool:
+        stand_in = ParentStandIn(self.files.parent_socket(epoch), epoch)
+        try:
+            stand_in.start()
+        except OSError as exc:
+            log.error("epoch %d: stand-in could not bind (%s)", epoch, exc)
+            return False
+        self.stand_ins[epoch] = stand_in
+        return True
+
+    def end(self, gen: Generation, grace_s: float) -> None:
+        """Start ending a generation (named steps). If its child is alive, a stand-in answers
+        on its socket first, so the child does not abort (Trap 2, docs/traps.md)."""
+        stopping = self.stoppers.get(gen.epoch)
+        # An epoch number is reused after a rollback: only this process's own stopper counts.
+        if (stopping is not None and stopping.process is gen.process) or not gen.alive:
+            return
+        if (self.child_alive(gen) and gen.epoch not in self.stand_ins
+                and not self.bind_stand_in(gen)):
+            log.error("epoch %d: waiting for Envoy's own timer instead of ending it", gen.epoch)
+            return
+        # Its parent may be here or (in a pod) in the other slot: never SIGTERM a generation
+        # that was not LIVE while something could be its parent.
+        never_live = gen.live_mono is None and gen.epoch > 0
+        gen.role = Role.STOPPING
+        # Its exit (destructors, freeing its heap, closing sockets) is a burst of CPU that must
+        # not come out of the serving generation's latency: it runs only on CPU left unused.
+        log.info("epoch %d: %d thread(s) to idle priority for the exit", gen.epoch,
+                 gen.process.yield_cpu())
+        stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
+        self.stoppers[gen.epoch] = stopper
+        stopper.start(ask=not never_live)
