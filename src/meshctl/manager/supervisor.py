@@ -49,7 +49,7 @@ from meshctl.drain.window import DrainWindow, Verdict
 from meshctl.envoy.admin import AdminUnavailable
 from meshctl.envoy.hotrestart import HotRestartFiles
 from meshctl.exitcodes import ExitCode
-from meshctl.manager import adoption, handover, repair
+from meshctl.manager import adoption, handover, repair, requests
 from meshctl.manager.control import Command, ControlServer
 from meshctl.manager.drainwatch import DrainWatch
 from meshctl.manager.generation import Generation, Role
@@ -69,7 +69,6 @@ from meshctl.manager.xdsguard import GateCheck, GateState, XdsGuard
 log = logging.getLogger(__name__)
 
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD)
-_POLICY_KEYS = ("drain_min_s", "drain_max_s", "strategy", "stop_grace_s")
 # How often the live generation's connections are read in steady state (for status only; a
 # reading walks the kernel's whole TCP table). While draining: `meshctl.manager.drainwatch`.
 _CONNECTION_SAMPLE_S = 5.0
@@ -361,16 +360,14 @@ class Supervisor:
         if cmd.op == "upgrade":
             if self.phase is not Phase.RUNNING or self.live is None:
                 raise errors.Busy(f"upgrade refused: {self._busy_reason()}")
-            binary = trust.check_trusted(_existing_file(
-                cmd.args.get("binary"), self.live.binary, "Envoy binary"), "Envoy binary")
-            config = trust.check_trusted(_existing_file(
-                cmd.args.get("config"), self.live.config, "config file"), "Envoy config")
-            policy = self._policy_from(cmd.args)
-            ready_timeout_s = _positive(cmd.args.get("ready_timeout_s"),
-                                        self.settings.ready_timeout_s, "ready timeout")
-            upgrade = self._begin_upgrade(
-                binary, config, policy, "request", ready_timeout_s,
-                listener_change_ok=bool(cmd.args.get("listener_change_ok", False)))
+            req = requests.parse_upgrade(
+                cmd.args, binary=self.live.binary, config=self.live.config,
+                drain=self.settings.drain, ready_timeout_s=self.settings.ready_timeout_s)
+            trust.check_trusted(req.binary, "Envoy binary")
+            trust.check_trusted(req.config, "Envoy config")
+            upgrade = self._begin_upgrade(req.binary, req.config, req.policy, "request",
+                                          req.ready_timeout_s,
+                                          listener_change_ok=req.listener_change_ok)
             cmd.answer(upgrade=upgrade.to_json(self.clock.monotonic()))
         elif cmd.op == "stop":
             graceful = bool(cmd.args.get("graceful", True))
@@ -378,13 +375,6 @@ class Supervisor:
             cmd.answer(phase=str(self.phase))
         else:
             raise errors.BadInput(f"unknown control operation {cmd.op!r}")
-
-    def _policy_from(self, args: dict[str, Any]) -> DrainPolicy:
-        wanted = {k: args[k] for k in _POLICY_KEYS if args.get(k) is not None}
-        try:
-            return self.settings.drain.with_overrides(wanted)
-        except ValueError as exc:
-            raise errors.BadInput(f"bad drain policy: {exc}") from exc
 
     def _busy_reason(self) -> str:
         if self.upgrade is not None:
@@ -975,27 +965,6 @@ class Supervisor:
         status["upgrade_counter"] = self._upgrade_counter
         self.state.save(status)
         self._snapshot = status
-
-
-def _existing_file(raw: Any, default: Path, what: str) -> Path:
-    if raw is None:
-        return default
-    path = Path(str(raw))
-    if not path.is_file():
-        raise errors.BadInput(f"{what} not found: {path}")
-    return path
-
-
-def _positive(raw: Any, default: float, what: str) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise errors.BadInput(f"{what} must be a number of seconds, not {raw!r}") from None
-    if value <= 0:
-        raise errors.BadInput(f"{what} must be positive, not {raw!r}")
-    return value
 
 
 def _last_log(gen: Generation) -> str:
