@@ -59,7 +59,8 @@ class FakeProcess:
         return "running" if self.alive else f"exited with status {self.exit_status}"
 
     def to_json(self) -> dict[str, object]:
-        return {"pid": self.pid}
+        return {"pid": self.pid, "create_time": None, "keeper_pid": None,
+                "keeper_create_time": None, "adopted": False}
 
 
 class FakeAdmin:

@@ -19,6 +19,7 @@ from meshctl.clock import Clock
 from meshctl.envoy.admin import AdminClient
 from meshctl.manager.generation import Generation
 from meshctl.manager.process import ChildProcess
+from meshctl.manager.snapshot import UpgradeRecord
 from meshctl.manager.state import HISTORY_KEEP, StateDir
 
 log = logging.getLogger("meshctl.manager.supervisor")
@@ -28,7 +29,7 @@ log = logging.getLogger("meshctl.manager.supervisor")
 class Previous:
     """What a previous supervisor left: its history and the generations still running."""
 
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[UpgradeRecord] = field(default_factory=list)
     upgrade_counter: int = 0
     adopted: list[Generation] = field(default_factory=list)
     """Sorted by epoch."""

@@ -21,7 +21,7 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ class Command:
 
 
 class ControlServer:
-    def __init__(self, path: Path, snapshot: Callable[[], dict[str, Any]],
+    def __init__(self, path: Path, snapshot: Callable[[], Mapping[str, Any] | None],
                  wake: Callable[[], None]) -> None:
         self.path = path
         self.commands: queue.Queue[Command] = queue.Queue()
@@ -129,7 +129,7 @@ class ControlServer:
             return
         op = request.pop("op")
         if op == "status":
-            _send(conn, {"ok": True, **self._snapshot()})
+            _send(conn, {"ok": True, **(self._snapshot() or {"phase": "starting"})})
             return
         cmd = Command(op=op, args=request)
         self.commands.put(cmd)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from meshctl.envoy.admin import AdminClient
 from meshctl.envoy.binary import parse_version
 from meshctl.manager.process import ChildProcess
+from meshctl.manager.snapshot import GenerationJSON
 
 
 class Role(enum.StrEnum):
@@ -59,10 +59,13 @@ class Generation:
     def set_version(self, full: str) -> None:
         self.version = parse_version(full) or full
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> GenerationJSON:
+        proc = self.process.to_json()
         return {
             "epoch": self.epoch,
-            **self.process.to_json(),
+            "pid": proc["pid"], "create_time": proc["create_time"],
+            "keeper_pid": proc["keeper_pid"], "keeper_create_time": proc["keeper_create_time"],
+            "adopted": proc["adopted"],
             "role": str(self.role),
             "binary": str(self.binary),
             "config": str(self.config),

@@ -17,6 +17,7 @@ from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.binary import BinaryInfo, check_executable, probe_binary, validate_config
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import call
+from meshctl.manager.phase import Phase
 from meshctl.manager.state import StateDir
 from meshctl.trust import check_trusted
 
@@ -88,7 +89,7 @@ def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bo
     sd = client(state_dir)
     current = call(sd.control_socket, "status")
     live = current.get("live")
-    if current.get("phase") != "running" or not live:
+    if Phase(current.get("phase", "starting")) is not Phase.RUNNING or not live:
         upgrading = current.get("upgrade") or {}
         raise errors.Busy(
             f"upgrade refused: the supervisor is {current.get('phase')}"

@@ -21,11 +21,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from meshctl import cpu
+from meshctl.manager.snapshot import ProcessJSON
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class ChildProcess:
             return f"killed by {_signal_name(code - 128)}"
         return f"exited with status {code}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ProcessJSON:
         return {"pid": self.envoy_pid, "create_time": self.envoy_create_time,
                 "keeper_pid": self.pid if self.keeper else None,
                 "keeper_create_time": self.create_time if self.keeper else None,

@@ -49,7 +49,7 @@ from meshctl.drain.window import DrainWindow, Verdict
 from meshctl.envoy.admin import AdminUnavailable
 from meshctl.envoy.hotrestart import HotRestartFiles
 from meshctl.exitcodes import ExitCode
-from meshctl.manager import adoption, handover, repair, requests
+from meshctl.manager import adoption, handover, repair, requests, snapshot
 from meshctl.manager.control import Command, ControlServer
 from meshctl.manager.drainwatch import DrainWatch
 from meshctl.manager.generation import Generation, Role
@@ -92,7 +92,7 @@ class Supervisor:
         self.gens = Generations(settings, self.state, self.files, self.ledger, self.clock)
         self.live: Generation | None = None
         self.upgrade: Upgrade | None = None
-        self.history: list[dict[str, Any]] = []
+        self.history: list[snapshot.UpgradeRecord] = []
         self.shutdown_window: DrainWindow | None = None
         self.graceful_stop = True
         self.ready_deadline: Deadline | None = None
@@ -111,7 +111,7 @@ class Supervisor:
         self._handled_failures: set[int] = set()
         self._signals: deque[int] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._snapshot: dict[str, Any] = {}
+        self._snapshot: snapshot.StatusSnapshot | None = None
         self._last_sample = 0.0
         self.drain_watch = DrainWatch()
         self._upgrade_counter = 0
@@ -908,15 +908,9 @@ class Supervisor:
 
     def _ready(self) -> tuple[bool, str]:
         """For the health port (another thread): reads the published snapshot only."""
-        snap = self._snapshot
-        phase, live = snap.get("phase"), snap.get("live")
-        if phase in _SERVING_PHASES and live is not None and live.get("role") == "live":
-            return True, "ready"
-        if phase in (Phase.HANDING_OVER, Phase.IDLE) and snap.get("pod", {}).get("serving"):
-            return True, "ready (the other slot serves)"
-        return False, str(phase)
+        return snapshot.ready(self._snapshot)
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self) -> snapshot.StatusSnapshot:
         now = self.clock.monotonic()
         live = self.live
         return {
@@ -955,15 +949,16 @@ class Supervisor:
         self._snapshot = snap  # one assignment: the other threads read it whole
         ready, _ = self._ready()
         self.metrics.set_ready(ready)
-        self.metrics.set_drain_connections(
-            (snap.get("upgrade") or {}).get("drain", {}).get("connections"))
-        self.metrics.set_xds(snap.get("xds"))
+        upgrade = snap["upgrade"]
+        drain = upgrade.get("drain") if upgrade is not None else None
+        self.metrics.set_drain_connections(drain["connections"] if drain else None)
+        self.metrics.set_xds(snap["xds"])
 
     def _save(self) -> None:
         status = self._status()
-        status["history"] = self.history
-        status["upgrade_counter"] = self._upgrade_counter
-        self.state.save(status)
+        state: dict[str, Any] = {**status, "history": self.history,
+                                 "upgrade_counter": self._upgrade_counter}
+        self.state.save(state)
         self._snapshot = status
 
 

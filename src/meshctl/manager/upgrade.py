@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from meshctl import cpu
 from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow
 from meshctl.manager.settings import InitPriority
+from meshctl.manager.snapshot import UpgradeRecord
 from meshctl.manager.xdsguard import GateCheck
 
 
@@ -56,8 +56,8 @@ class Upgrade:
     def event(self, now: float, name: str) -> None:
         self.events.append((round(now - self.requested_mono, 3), name))
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self, now: float) -> UpgradeRecord:
+        out: UpgradeRecord = {
             "id": self.id, "reason": self.reason, "result": self.result, "error": self.error,
             "from_epoch": self.from_epoch, "to_epoch": self.to_epoch,
             "from_pid": self.from_pid, "to_pid": self.to_pid,
