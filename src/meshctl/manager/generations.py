@@ -13,11 +13,11 @@ import logging
 import os
 from pathlib import Path
 
-from meshctl import errors, trust
+from meshctl import cpu, errors, trust
 from meshctl.clock import Clock
 from meshctl.drain.policy import DrainPolicy
 from meshctl.envoy import xds
-from meshctl.envoy.admin import AdminClient
+from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
 from meshctl.envoy.hotrestart import HotRestartFiles
 from meshctl.envoy.standin import ParentStandIn
@@ -193,3 +193,28 @@ class Generations:
         stopper = Stopper(gen.process, grace_s, self.clock, f"epoch {gen.epoch}")
         self.stoppers[gen.epoch] = stopper
         stopper.start(ask=not never_live)
+
+    def went_live(self, gen: Generation) -> None:
+        """`gen` answered LIVE: it serves now. What it says about itself is read once here."""
+        # First, before anything else it costs: a generation that initialized under SCHED_IDLE
+        # now serves, and must compete for the CPU like its predecessor did. The init watch
+        # restored it when its workers started; checked here on every thread of the process,
+        # not remembered, for what the watch missed and for a generation adopted mid-upgrade.
+        if cpu.idle_threads(gen.process.envoy_pid):
+            moved, refused = gen.process.restore_cpu()
+            if refused:
+                log.error("epoch %d: %d thread(s) could not leave idle priority (%d did)",
+                          gen.epoch, refused, moved)
+            else:
+                log.info("epoch %d: initialized at idle priority; %d thread(s) back to normal",
+                         gen.epoch, moved)
+        gen.live_mono = self.clock.monotonic()
+        gen.live_wall = self.clock.wall()
+        gen.role = Role.LIVE
+        try:
+            info = gen.admin.server_info()
+            gen.set_version(info.version)
+            gen.hot_restart_version = info.hot_restart_version or None
+            gen.listener_ports = gen.admin.listener_ports()
+        except (AdminUnavailable, ValueError) as exc:
+            log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)

@@ -640,28 +640,7 @@ class Supervisor:
         return watch.restored
 
     def _mark_live(self, gen: Generation) -> None:
-        # First, before anything else it costs: a generation that initialized under SCHED_IDLE
-        # now serves, and must compete for the CPU like its predecessor did. The init watch
-        # restored it when its workers started; checked here on every thread of the process,
-        # not remembered, for what the watch missed and for a generation adopted mid-upgrade.
-        if cpu.idle_threads(gen.process.envoy_pid):
-            moved, refused = gen.process.restore_cpu()
-            if refused:
-                log.error("epoch %d: %d thread(s) could not leave idle priority (%d did)",
-                          gen.epoch, refused, moved)
-            else:
-                log.info("epoch %d: initialized at idle priority; %d thread(s) back to normal",
-                         gen.epoch, moved)
-        gen.live_mono = self.clock.monotonic()
-        gen.live_wall = self.clock.wall()
-        gen.role = Role.LIVE
-        try:
-            info = gen.admin.server_info()
-            gen.set_version(info.version)
-            gen.hot_restart_version = info.hot_restart_version or None
-            gen.listener_ports = gen.admin.listener_ports()
-        except (AdminUnavailable, ValueError) as exc:
-            log.warning("epoch %d: LIVE but admin info unavailable: %s", gen.epoch, exc)
+        self.gens.went_live(gen)
         if gen.xds_driven:  # what LDS, RDS, CDS and EDS gave it, and its listener ports
             self.guard.went_live(gen, self.upgrade.gate if self.upgrade is not None else None)
         self.metrics.set_live(gen.epoch, gen.version)
