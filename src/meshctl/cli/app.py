@@ -6,20 +6,28 @@ Every error reaches the user as one line on stderr and a documented exit code
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer import _click as click  # typer's own (vendored) click: its Context
+from typer.core import TyperCommand
 
 from meshctl import __version__, errors
 from meshctl.cli import output, priority
-from meshctl.cli.boundary import error_boundary
+from meshctl.cli.boundary import OneLineErrorsGroup, error_boundary
+from meshctl.cli.bounds import DAY_S, DRAIN_MAX, DRAIN_MIN, HOUR_S, STOP_GRACE, Bound, check_drain
+from meshctl.cli.pod import SlotName
 from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
+from meshctl.envoy.argv import check_extra_args
+from meshctl.envoy.binary import check_config_file, check_executable, resolve_binary
 from meshctl.exitcodes import ExitCode
 from meshctl.manager import operations as client
 from meshctl.manager.settings import InitPriority
@@ -30,6 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=OneLineErrorsGroup,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -37,34 +46,61 @@ F = TypeVar("F", bound=Callable[..., Any])
 STATE_DIR_ENV = "MESHCTL_STATE_DIR"
 
 
-def default_state_dir() -> Path:
-    if os.getuid() == 0:
+def default_state_dir(environ: Mapping[str, str] = os.environ, uid: int | None = None,
+                      home: Path | None = None) -> Path:
+    """/run/meshctl as root; otherwise $XDG_RUNTIME_DIR/meshctl when that is a directory of
+    this user's that no one else can write to, else ~/.local/state/meshctl. Never a fixed
+    name under /tmp: another user could create it first (with their socket in it)."""
+    uid = os.getuid() if uid is None else uid
+    if uid == 0:
         return Path("/run/meshctl")
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"meshctl-{os.getuid()}"
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime and _private_dir(Path(runtime), uid):
+        return Path(runtime) / "meshctl"
+    return (home or Path.home()) / ".local" / "state" / "meshctl"
+
+
+def _private_dir(path: Path, uid: int) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == uid
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 StateDirOpt = Annotated[
     Path | None,
     typer.Option("--state-dir", envvar=STATE_DIR_ENV,
                  help="State dir (lock, state, sockets, logs). Default /run/meshctl as root, "
-                      "else $XDG_RUNTIME_DIR/meshctl-UID."),
+                      "else $XDG_RUNTIME_DIR/meshctl (when it is yours and private), else "
+                      "~/.local/state/meshctl."),
 ]
 OutputOpt = Annotated[
     output.Format, typer.Option("--output", "-o", help="text for people, json for scripts.")
 ]
 SlotOpt = Annotated[
-    str | None,
+    SlotName | None,
     typer.Option("--slot", envvar="MESHCTL_SLOT",
                  help="Pod mode: this proxy slot (a or b); the state dir is then the pod's "
                       "shared dir, and the slot's own state is in <state dir>/slot-<slot>."),
 ]
 DrainMinOpt = Annotated[
-    float | None, typer.Option("--drain-min-s", help="Drain never ends before this (default 1).")
+    float | None, typer.Option("--drain-min-s", help="Drain never ends before this (default 1, "
+                                                     "at most 86400)."), DRAIN_MIN,
 ]
 DrainMaxOpt = Annotated[
     float | None,
     typer.Option("--drain-max-s", help="Drain always ends by this; open connections are then "
-                                       "forced closed (default 45).")
+                                       "forced closed (default 45, at most 86400)."),
+    DRAIN_MAX,
 ]
 SettingsOpt = Annotated[
     Path | None,
@@ -81,7 +117,7 @@ cli_errors = error_boundary(code_of=lambda exc: int(exc.exit_code), failed=int(E
 """One line and a documented exit code for every error; no traceback."""
 
 
-def _state_dir(value: Path | None, slot: str | None = None) -> Path:
+def _state_dir(value: Path | None, slot: SlotName | None = None) -> Path:
     root = (value or default_state_dir()).expanduser().absolute()
     return root / f"slot-{slot}" if slot else root
 
@@ -91,13 +127,26 @@ def _policy(settings: Path | None, min_s: float | None, max_s: float | None,
     """Defaults, then the settings file, then flags."""
     base = load_drain_policy(settings)
     try:
-        return base.with_overrides({"drain_min_s": min_s, "drain_max_s": max_s,
-                                    "strategy": strategy, "stop_grace_s": grace_s})
+        policy = base.with_overrides({"drain_min_s": min_s, "drain_max_s": max_s,
+                                      "strategy": strategy, "stop_grace_s": grace_s})
     except ValueError as exc:
         raise errors.BadInput(f"bad drain options: {exc}") from exc
+    return check_drain(policy, "bad drain options: ")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+class _EnvoyArgsAfterDashes(TyperCommand):
+    """`run`: its own options, then `--` and Envoy's. An unknown option before `--` is a
+    usage error (exit 2) like on any other command, not an argument for Envoy to refuse."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head, tail = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args \
+            else (args, [])
+        super().parse_args(ctx, head)  # stray arguments are refused: allow_extra_args is off
+        ctx.args = tail
+        return ctx.args
+
+
+@app.command(cls=_EnvoyArgsAfterDashes)
 @cli_errors
 def run(
     ctx: typer.Context,
@@ -109,19 +158,21 @@ def run(
     state_dir: StateDirOpt = None,
     slot: SlotOpt = None,
     base_id: Annotated[int | None, typer.Option(
-        "--base-id", min=0, max=9_999_999,
-        help="Envoy --base-id (default: derived from the state dir).")] = None,
+        "--base-id", help="Envoy --base-id (default: derived from the state dir)."),
+        Bound(0, 9_999_999, "ids")] = None,
     concurrency: Annotated[int, typer.Option(
-        "--concurrency", min=1, help="Envoy worker threads, constant across upgrades.")] = 2,
+        "--concurrency", help="Envoy worker threads, constant across upgrades."),
+        Bound(1, 1024, "threads")] = 2,
     settings: SettingsOpt = None,
     drain_min_s: DrainMinOpt = None,
     drain_max_s: DrainMaxOpt = None,
     drain_strategy: DrainStrategyOpt = None,
     stop_grace_s: Annotated[float | None, typer.Option(
-        "--stop-grace-s", help="After SIGTERM, seconds before SIGKILL (default 5).")] = None,
+        "--stop-grace-s", help="After SIGTERM, seconds before SIGKILL (default 5)."),
+        STOP_GRACE] = None,
     ready_timeout_s: Annotated[float, typer.Option(
         "--ready-timeout-s", "--ready-timeout",
-        help="Seconds a generation may take to reach LIVE.")] = 60.0,
+        help="Seconds a generation may take to reach LIVE."), Bound(0.1, HOUR_S)] = 60.0,
     health: Annotated[str, typer.Option(
         "--health-address", envvar="MESHCTL_HEALTH_ADDRESS",
         help="HOST:PORT of the supervisor's readiness/metrics endpoint (/healthz/ready, "
@@ -131,33 +182,44 @@ def run(
         help="Run each Envoy under dumb-init, so that Envoy survives a supervisor crash and "
              "is adopted by the next supervisor on the state dir.")] = True,
     max_restarts: Annotated[int, typer.Option(
-        "--max-restarts", min=0,
-        help="Restarts of a crashed Envoy allowed within --restart-window-s.")] = 5,
+        "--max-restarts",
+        help="Restarts of a crashed Envoy allowed within --restart-window-s."),
+        Bound(0, 1000, "restarts")] = 5,
     restart_window_s: Annotated[float, typer.Option(
-        "--restart-window-s", min=1.0, help="The crash-loop window.")] = 120.0,
+        "--restart-window-s", help="The crash-loop window."), Bound(1, DAY_S)] = 120.0,
     init_priority: Annotated[InitPriority, typer.Option(
         "--init-priority",
         help="How an upgrade's new Envoy initializes: auto (at idle CPU priority until LIVE, "
              "where the supervisor may restore it (CAP_SYS_NICE) and the CPU is not "
              "saturated), idle (also on a saturated CPU) or normal.")] = InitPriority.AUTO,
-    log_level: Annotated[str, typer.Option("--log-level", help="Supervisor log level.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option("--log-level", help="Supervisor log level.")
+    ] = LogLevel.INFO,
 ) -> None:
     """Run Envoy under the supervisor, in the foreground (PID 1 in a container).
 
-    Extra Envoy arguments go after `--`. Signals: SIGTERM/SIGINT drain then stop (twice: stop
-    now); SIGHUP hot-restarts with the same binary and config; SIGUSR1 reopens Envoy's logs.
+    Extra Envoy arguments go after `--` (meshctl run -c envoy.yaml -- --component-log-level
+    upstream:debug); an unknown option before it is a usage error. Signals: SIGTERM/SIGINT
+    drain then stop (twice: stop now); SIGHUP hot-restarts with the same binary and config;
+    SIGUSR1 reopens Envoy's logs.
     """
     from meshctl.manager.restarts import RestartPolicy  # noqa: PLC0415  (keeps `status` fast)
     from meshctl.manager.runner import parse_health_address, run_supervisor  # noqa: PLC0415
 
+    # Bad input is refused here, before the state dir is made or anything starts.
+    drain = _policy(settings, drain_min_s, drain_max_s, drain_strategy, stop_grace_s)
+    if config is not None:
+        check_config_file(config)
+    resolve_binary(envoy, os.environ)
+    extra_args = check_extra_args(ctx.args)
+    health_address = parse_health_address(health)
     _setup_logging(log_level)
     code = run_supervisor(
         config=config, envoy=envoy, state_dir=_state_dir(state_dir), base_id=base_id,
-        slot=slot,
+        slot=str(slot) if slot else None,
         concurrency=concurrency,
-        drain=_policy(settings, drain_min_s, drain_max_s, drain_strategy, stop_grace_s),
-        ready_timeout_s=ready_timeout_s, extra_args=list(ctx.args), environ=os.environ,
-        health=parse_health_address(health), keeper=keeper,
+        drain=drain,
+        ready_timeout_s=ready_timeout_s, extra_args=extra_args, environ=os.environ,
+        health=health_address, keeper=keeper,
         restarts=RestartPolicy(max_restarts=max_restarts, window_s=restart_window_s),
         init_priority=init_priority,
     )
@@ -177,15 +239,16 @@ def upgrade(
         "--wait/--no-wait", help="Wait until the new generation is LIVE and the old one gone.")
     ] = False,
     timeout_s: Annotated[float, typer.Option(
-        "--timeout", help="With --wait: give up waiting after this many seconds.")] = 300.0,
+        "--timeout", help="With --wait: give up waiting after this many seconds."),
+        Bound(0.1, DAY_S)] = 300.0,
     settings: SettingsOpt = None,
     drain_min_s: DrainMinOpt = None,
     drain_max_s: DrainMaxOpt = None,
     drain_strategy: DrainStrategyOpt = None,
     ready_timeout_s: Annotated[float | None, typer.Option(
-        "--ready-timeout-s", "--ready-timeout", min=0.1,
+        "--ready-timeout-s", "--ready-timeout",
         help="The new generation must be LIVE within this or the upgrade is rolled back "
-             "(default: the supervisor's --ready-timeout-s).")] = None,
+             "(default: the supervisor's --ready-timeout-s)."), Bound(0.1, HOUR_S)] = None,
     skip_preflight: Annotated[bool, typer.Option(
         "--skip-preflight", help="Do not run the new binary to check it and the config first.")
     ] = False,
@@ -225,19 +288,19 @@ def upgrade(
                             kubeconfig=kubeconfig, dry_run=dry_run, timeout_s=timeout_s,
                             out=out, envoy=envoy, config=config)
         return
+    pod_only = [flag for flag, value in (("--namespace", namespace), ("--context", context),
+                                         ("--kubeconfig", kubeconfig), ("--dry-run", dry_run))
+                if value]
+    if pod_only:
+        raise errors.BadInput(f"{', '.join(pod_only)}: only with --pod NAME --image REF")
+    # Checked before the supervisor is asked anything: bad input is exit 5 whether or not a
+    # supervisor runs.
+    if envoy is not None:
+        check_executable(Path(envoy).expanduser())
+    if config is not None:
+        check_config_file(config)
     sd = _state_dir(state_dir, slot)
-    request: dict[str, Any] = {}
-    if (settings is not None or drain_min_s is not None or drain_max_s is not None
-            or drain_strategy is not None):
-        # Only what was given is sent: the supervisor fills the rest from its own policy.
-        given = load_drain_policy(settings) if settings is not None else None
-        raw = {"drain_min_s": drain_min_s, "drain_max_s": drain_max_s,
-               "strategy": str(drain_strategy) if drain_strategy else None}
-        if given is not None:
-            raw = {"drain_min_s": given.drain_min_s, "drain_max_s": given.drain_max_s,
-                   "strategy": str(given.strategy), "stop_grace_s": given.stop_grace_s,
-                   **{k: v for k, v in raw.items() if v is not None}}
-        request.update({k: v for k, v in raw.items() if v is not None})
+    request = _drain_request(settings, drain_min_s, drain_max_s, drain_strategy)
     if ready_timeout_s is not None:
         request["ready_timeout_s"] = ready_timeout_s
     if accept_listener_change:
@@ -248,6 +311,24 @@ def upgrade(
     result["client_scheduling"] = priority.describe()
     output.upgrade_result(result, out)
     raise typer.Exit(int(client.upgrade_exit_code(result, waited=wait)))
+
+
+def _drain_request(settings: Path | None, min_s: float | None, max_s: float | None,
+                   strategy: DrainStrategy | None) -> dict[str, Any]:
+    """An upgrade's drain settings: only what was given (the settings file, then flags); the
+    supervisor fills the rest from its own policy."""
+    raw: dict[str, Any] = {}
+    if settings is not None:
+        given = load_drain_policy(settings)
+        raw = {"drain_min_s": given.drain_min_s, "drain_max_s": given.drain_max_s,
+               "strategy": str(given.strategy), "stop_grace_s": given.stop_grace_s}
+    flags = {"drain_min_s": min_s, "drain_max_s": max_s,
+             "strategy": str(strategy) if strategy else None}
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    if "drain_min_s" in raw and "drain_max_s" in raw and raw["drain_min_s"] > raw["drain_max_s"]:
+        raise errors.BadInput(f"bad drain options: drain_min_s ({raw['drain_min_s']:g}) is "
+                              f"above drain_max_s ({raw['drain_max_s']:g})")
+    return raw
 
 
 @app.command()
@@ -265,7 +346,9 @@ def stop(
     slot: SlotOpt = None,
     now: Annotated[bool, typer.Option("--now", help="Skip the drain: stop at once.")] = False,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the exit.")] = True,
-    timeout_s: Annotated[float, typer.Option("--timeout")] = 120.0,
+    timeout_s: Annotated[float, typer.Option(
+        "--timeout", help="With --wait: give up waiting after this many seconds."),
+        Bound(0.1, DAY_S)] = 120.0,
 ) -> None:
     """Stop the supervisor: drain the live generation, then stop it (like SIGTERM)."""
     client.stop(_state_dir(state_dir, slot), graceful=not now, wait=wait, timeout_s=timeout_s)
@@ -274,7 +357,8 @@ def stop(
 @app.command()
 @cli_errors
 def demo(
-    duration_s: Annotated[float, typer.Option("--duration", help="Seconds of traffic.")] = 12.0,
+    duration_s: Annotated[float, typer.Option("--duration", help="Seconds of traffic."),
+                          Bound(1, HOUR_S)] = 12.0,
     to_envoy: Annotated[str | None, typer.Option(
         "--to-envoy", help="Binary to upgrade to (default: the same one, new config).")] = None,
     xds_demo: Annotated[bool, typer.Option(
@@ -283,6 +367,9 @@ def demo(
     out: OutputOpt = output.Format.TEXT,
 ) -> None:
     """Run Envoy under meshctl, send traffic, hot-upgrade it, and count served/failed requests."""
+    if xds_demo and to_envoy is not None:
+        raise errors.BadInput("--to-envoy does not apply with --xds (its upgrades change the "
+                              "config only)")
     if xds_demo:
         from meshctl.demo import xds  # noqa: PLC0415
 
@@ -299,14 +386,15 @@ def demo(
 
 
 @app.command()
+@cli_errors
 def version() -> None:
     """Print meshctl's version."""
-    typer.echo(f"meshctl {__version__}")
+    output.echo(f"meshctl {__version__}")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: LogLevel) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+        level=getattr(logging, level.upper()), stream=sys.stderr,
         format="%(asctime)s meshctl %(levelname)s %(message)s",
     )
 

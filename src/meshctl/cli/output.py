@@ -1,9 +1,17 @@
-"""How results reach people (text) and scripts (JSON). Progress and errors go to stderr."""
+"""How results reach people (text) and scripts (JSON). Progress and errors go to stderr.
+
+Results go through `echo`: a result that cannot be written (stdout closed, a full disk) is an
+error of its own (`OutputLost`, exit 1), not a silent success, since a script reading it (an
+injected manifest) would have lost it; a reader that went away (`| head -1`) is
+`BrokenPipeError`, which the error boundary ends quietly.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -11,14 +19,43 @@ from typing import Any
 
 import typer
 
+from meshctl import errors
+
 
 class Format(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
 
 
+class OutputLost(errors.MeshctlError):
+    """The result could not be written to stdout (closed, no space left): exit 1."""
+
+
 def error(message: str) -> None:
     typer.echo(f"meshctl: error: {message}", err=True)
+
+
+def echo(text: str = "", *, nl: bool = True) -> None:
+    """One piece of the result on stdout (flushed: a write error shows here, not at exit)."""
+    if sys.stdout is None:  # fd 1 was closed when Python started (`>&-`)
+        raise OutputLost("cannot write output: stdout is closed")
+    try:
+        typer.echo(text, nl=nl)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        discard_stdout()
+        raise OutputLost(f"cannot write output: {exc.strerror or exc}") from None
+
+
+def discard_stdout() -> None:
+    """Point fd 1 at /dev/null: what is still buffered for a stdout that failed (a closed
+    pipe, a full disk) would fail again when Python flushes it at exit, with a second
+    message ("Exception ignored ...") after our one line."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
 
 
 def note(line: str, out: Format) -> None:
@@ -29,7 +66,7 @@ def note(line: str, out: Format) -> None:
 
 
 def emit_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+    echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def progress_reporter(out: Format) -> Callable[[dict[str, Any]], None]:
@@ -72,21 +109,21 @@ def upgrade_result(record: dict[str, Any], out: Format) -> None:
             f"({record.get('from_version')}, pid {record.get('from_pid')}) -> epoch "
             f"{record['to_epoch']} ({record.get('to_version') or '?'}, pid "
             f"{record.get('to_pid')})")
-    typer.echo(line)
+    echo(line)
     if record["result"] == "in_progress":
-        typer.echo("  started; follow it with `meshctl status`")
+        echo("  started; follow it with `meshctl status`")
         return
     if record.get("live_after_s") is not None:
-        typer.echo(f"  new generation LIVE after {record['live_after_s']:.2f}s; old generation "
+        echo(f"  new generation LIVE after {record['live_after_s']:.2f}s; old generation "
                    f"drained in {record.get('drain_s') or 0:.2f}s (ended: "
                    f"{record.get('drain_end')}, forced closes: {record.get('forced_closes')}); "
                    f"total {record.get('total_s') or 0:.2f}s")
     gate = record.get("xds")
     if gate:
-        typer.echo(f"  xDS: {xds_line(gate.get('new'))}; gate {gate.get('state')} after "
+        echo(f"  xDS: {xds_line(gate.get('new'))}; gate {gate.get('state')} after "
                    f"{gate.get('checks')} check(s)" + _lost(gate.get("parity") or {}))
     if record.get("error"):
-        typer.echo(f"  reason: {record['error']}")
+        echo(f"  reason: {record['error']}")
 
 
 def xds_line(view: dict[str, Any] | None) -> str:
@@ -105,7 +142,7 @@ def status(snap: dict[str, Any], out: Format) -> None:
     if out is Format.JSON:
         emit_json(snap)
         return
-    typer.echo(f"supervisor pid {snap['supervisor_pid']}  phase {snap['phase']}  "
+    echo(f"supervisor pid {snap['supervisor_pid']}  phase {snap['phase']}  "
                f"base id {snap['base_id']}  state dir {snap['state_dir']}")
     rows = [["EPOCH", "ROLE", "PID", "VERSION", "CONNS", "BINARY", "CONFIG"]]
     for g in snap.get("generations", []):
@@ -114,7 +151,7 @@ def status(snap: dict[str, Any], out: Format) -> None:
                      g["binary"], g["config"]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     xds = snap.get("xds")
     if xds:
         cp = xds.get("control_plane")
@@ -122,18 +159,18 @@ def status(snap: dict[str, Any], out: Format) -> None:
                   f"{'connected' if cp.get('connected') else 'DISCONNECTED'}, last update "
                   f"{_ago(cp.get('last_update_at'))}, rejected {cp.get('lds_rejected', 0)} LDS / "
                   f"{cp.get('cds_rejected', 0)} CDS")
-        typer.echo(f"xDS: {xds_line(xds)}; control plane {health}")
+        echo(f"xDS: {xds_line(xds)}; control plane {health}")
     up = snap.get("upgrade")
     if up:
         drain = up.get("drain") or {}
-        typer.echo(f"upgrade {up['id']} in progress: epoch {up['from_epoch']} -> "
+        echo(f"upgrade {up['id']} in progress: epoch {up['from_epoch']} -> "
                    f"{up['to_epoch']}"
                    + (f", old generation has {drain.get('connections')} connection(s), "
                       f"{drain.get('time_left_s', 0):.1f}s left in the drain window"
                       if drain else ""))
     last = snap.get("last_upgrade")
     if last:
-        typer.echo(f"last upgrade {last['id']}: {last['result']} epoch {last['from_epoch']} "
+        echo(f"last upgrade {last['id']}: {last['result']} epoch {last['from_epoch']} "
                    f"-> {last['to_epoch']} ({last.get('from_version')} -> "
                    f"{last.get('to_version')}) in {last.get('total_s') or 0:.2f}s, drain "
                    f"ended {last.get('drain_end')}, {last.get('forced_closes', 0)} forced "
@@ -145,10 +182,10 @@ def demo_report(report: dict[str, Any], out: Format) -> None:
         emit_json(report)
         return
     up = report["upgrade"]
-    typer.echo(f"requests: {report['requests']}  served: {report['ok']}  failed: "
+    echo(f"requests: {report['requests']}  served: {report['ok']}  failed: "
                f"{report['failed']}  (non-2xx: {report['http_error']})")
-    typer.echo(f"served by epoch: {report['by_epoch']}")
-    typer.echo(f"upgrade: {up['result']} {up.get('from_version')} -> {up.get('to_version')}, "
+    echo(f"served by epoch: {report['by_epoch']}")
+    echo(f"upgrade: {up['result']} {up.get('from_version')} -> {up.get('to_version')}, "
                f"LIVE after {up.get('live_after_s')}s, old gone after {up.get('total_s')}s "
                f"(drain ended: {up.get('drain_end')})")
 
@@ -157,13 +194,13 @@ def xds_demo_report(report: dict[str, Any], out: Format) -> None:
     if out is Format.JSON:
         emit_json(report)
         return
-    typer.echo(f"requests: {report['requests']}  served: {report['ok']}  failed: "
+    echo(f"requests: {report['requests']}  served: {report['ok']}  failed: "
                f"{report['failed']}  (non-2xx: {report['http_error']})")
     for n, (up, expected) in enumerate(zip(report["upgrades"], report["expected"],
                                            strict=True), start=1):
         gate = up.get("xds") or {}
         new = gate.get("new") or {}
-        typer.echo(f"upgrade {n}: {up.get('result')} (expected {expected}); "
+        echo(f"upgrade {n}: {up.get('result')} (expected {expected}); "
                    f"{len(new.get('listeners') or {})} listener(s), {new.get('routes', 0)} "
                    f"route(s), {new.get('clusters', 0)} cluster(s) in the new generation"
                    + (f"; {up['error']}" if up.get("error") else ""))

@@ -7,6 +7,7 @@ and the supervisor stay fast to start.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -18,6 +19,13 @@ import typer
 from meshctl import errors
 from meshctl.cli import output
 from meshctl.images import layout
+
+
+class SlotName(enum.StrEnum):
+    """A pod's proxy slot (`meshctl.images.layout.SLOTS`), as `--slot` takes it."""
+
+    A = "a"
+    B = "b"
 
 
 def inject(
@@ -52,12 +60,12 @@ def inject(
         source="<stdin>" if filename == "-" else filename)
     for note in result.notes:
         typer.echo(f"meshctl inject: {note}", err=True)
-    typer.echo(result.text, nl=False)
+    output.echo(result.text, nl=False)
 
 
 def standby(
     ctx: typer.Context,
-    slot: Annotated[str | None, typer.Option("--slot", help="The slot (a or b), for logs.")
+    slot: Annotated[SlotName | None, typer.Option("--slot", help="The slot (a or b), for logs.")
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(
         "--state-dir", help="Accepted for the slot contract; a standby slot keeps no state.")
@@ -118,23 +126,30 @@ def _print_result(record: dict[str, Any], out: output.Format) -> None:
         return
     where = f"pod {record['namespace']}/{record['pod']}"
     if record["result"] == "dry_run":
-        typer.echo(f"{where}: dry run: would upgrade slot {record['new_slot']} to "
+        output.echo(f"{where}: dry run: would upgrade slot {record['new_slot']} to "
                    f"{record['to_image']}, then return slot {record['old_slot']} "
                    f"({record['from_image']}) to standby")
-        typer.echo(json.dumps({"plan": record.get("plan"), "patches": record.get("patches")},
+        output.echo(json.dumps({"plan": record.get("plan"), "patches": record.get("patches")},
                               indent=2, sort_keys=True))
         return
     line = f"{where}: {record['result']}: {record['from_image']} -> {record['image']}"
     if record.get("new_slot") and record["result"] != "unchanged":
         line += f" (slot {record['old_slot']} -> slot {record['new_slot']})"
-    typer.echo(line + f"; {record['api_requests']} API requests")
+    output.echo(line + f"; {record['api_requests']} API requests")
     if record.get("error"):
-        typer.echo(f"  reason: {record['error']}")
+        output.echo(f"  reason: {record['error']}")
 
 
 def _read_manifest(filename: str) -> str:
     if filename == "-":
-        return sys.stdin.read()
+        if sys.stdin is None:  # fd 0 was closed when Python started (`<&-`)
+            raise errors.BadInput("cannot read the manifest from stdin: stdin is closed")
+        try:
+            raw = getattr(sys.stdin, "buffer", None)  # bytes: a manifest is UTF-8, whatever
+            return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise errors.BadInput(f"cannot read the manifest from stdin: {detail}") from exc
     try:
         return Path(filename).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

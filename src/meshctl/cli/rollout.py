@@ -29,7 +29,8 @@ from typer.core import TyperCommand, TyperGroup
 
 from meshctl import errors
 from meshctl.cli import output
-from meshctl.cli.boundary import error_boundary
+from meshctl.cli.boundary import error_boundary, usage_line
+from meshctl.cli.bounds import DAY_S, Bound
 from meshctl.images.rollout_plan import EventPolicy, RolloutExit
 
 if TYPE_CHECKING:
@@ -41,12 +42,10 @@ _TABLE_MAX_PODS = 100
 """Past this, the text summary lists only the pods that did not end upgraded."""
 
 
-def _refused_usage(exc: click.exceptions.UsageError, ctx: click.Context | None) -> NoReturn:
+def _refused_usage(exc: click.exceptions.UsageError) -> NoReturn:
     """A usage error as one line and exit 3 ("refused before starting"): click's own 2 would
     read as "deadline exceeded", and its boxed message is not one line for a CI log."""
-    command = ctx.command_path if ctx is not None else "meshctl rollout"
-    message = " ".join(exc.format_message().split())
-    output.error(f"{message} (see {command} --help)")
+    output.error(usage_line(exc, "meshctl rollout"))
     raise typer.Exit(int(RolloutExit.REFUSED)) from None
 
 
@@ -56,7 +55,7 @@ class _RefusingGroup(TyperGroup):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.exceptions.UsageError as exc:
-            _refused_usage(exc, exc.ctx)
+            _refused_usage(exc)
 
 
 class _RefusingCommand(TyperCommand):
@@ -65,7 +64,7 @@ class _RefusingCommand(TyperCommand):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.exceptions.UsageError as exc:
-            _refused_usage(exc, exc.ctx)
+            _refused_usage(exc)
 
 
 rollout_app = typer.Typer(cls=_RefusingGroup, add_completion=False,
@@ -88,9 +87,11 @@ KubeconfigOpt = Annotated[Path | None, typer.Option(
 
 
 refusals = error_boundary(
-    code_of=lambda _: int(RolloutExit.REFUSED), failed=int(RolloutExit.FAILED),
-    passthrough=(click.exceptions.ClickException,))
-"""Errors before any change exit 3 with one line; the rollout reports the rest itself."""
+    code_of=lambda exc: int(RolloutExit.FAILED if isinstance(exc, output.OutputLost)
+                            else RolloutExit.REFUSED),
+    failed=int(RolloutExit.FAILED), passthrough=(click.exceptions.ClickException,))
+"""Errors before any change exit 3 with one line; the rollout reports the rest itself (a
+summary that cannot be written is exit 1: the rollout happened)."""
 
 
 @rollout_app.callback(invoke_without_command=True)
@@ -102,23 +103,25 @@ def rollout(
     all_namespaces: AllNamespacesOpt = False,
     image: Annotated[str | None, typer.Option("--image", help="The new proxy image.")] = None,
     max_parallel: Annotated[int, typer.Option(
-        "--max-parallel", min=1, help="Pods swapped at once: the size of each batch.")] = 10,
+        "--max-parallel", help="Pods swapped at once: the size of each batch."),
+        Bound(1, 10_000, "pods")] = 10,
     canary: Annotated[int, typer.Option(
-        "--canary", min=0, help="Pods upgraded first, as a batch of their own; a failure "
-                                "among them stops the rollout.")] = 1,
+        "--canary", help="Pods upgraded first, as a batch of their own; a failure "
+                         "among them stops the rollout."), Bound(0, 10_000, "pods")] = 1,
     pause_after_canary: Annotated[bool, typer.Option(
         "--pause-after-canary", help="Stop after the canary (exit 0); the same command run "
                                      "again continues with the rest.")] = False,
     max_failures: Annotated[int, typer.Option(
-        "--max-failures", min=1, help="Start no further pod once this many failed (earlier "
-                                      "runs of the same rollout included).")] = 1,
+        "--max-failures", help="Start no further pod once this many failed (earlier "
+                               "runs of the same rollout included)."),
+        Bound(1, 1_000_000, "pods")] = 1,
     timeout_s: Annotated[float | None, typer.Option(
-        "--timeout", min=0.1, help="Deadline of the whole rollout, in seconds (default: "
-                                   "none). Past it, pods not ready yet are set back; exit 2.")
-    ] = None,
+        "--timeout", help="Deadline of the whole rollout, in seconds (default: "
+                          "none). Past it, pods not ready yet are set back; exit 2."),
+        Bound(0.1, 7 * DAY_S)] = None,
     pod_timeout_s: Annotated[float, typer.Option(
-        "--pod-timeout", min=0.1, help="Seconds a pod's new slot has to be started and ready "
-                                       "before that pod is rolled back.")] = 300.0,
+        "--pod-timeout", help="Seconds a pod's new slot has to be started and ready "
+                              "before that pod is rolled back."), Bound(0.1, DAY_S)] = 300.0,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Start again the pods an earlier run of this rollout rolled "
                                "back (by default they stay failed).")] = False,
@@ -331,9 +334,9 @@ def _print_report(report: RolloutReport, out: output.Format) -> None:
         return
     spec = record["rollout"]
     scope = spec["namespace"] or "all namespaces"
-    typer.echo(f"rollout {spec['id']} ({spec['selector']} in {scope} -> {spec['image']}): "
+    output.echo(f"rollout {spec['id']} ({spec['selector']} in {scope} -> {spec['image']}): "
                f"{record['result']} (exit {record['exit_code']})")
-    typer.echo(f"  {record['message']}")
+    output.echo(f"  {record['message']}")
     if record.get("plan") is not None:
         _print_plan(record["plan"])
         return
@@ -349,53 +352,53 @@ def _print_report(report: RolloutReport, out: output.Format) -> None:
                      str(p["api_requests"]), detail])
     _table(rows)
     if len(shown) < len(pods):
-        typer.echo(f"  ({len(pods) - len(shown)} upgraded pods not listed; --output json "
+        output.echo(f"  ({len(pods) - len(shown)} upgraded pods not listed; --output json "
                    f"lists every pod)")
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in record["counts"].items() if v)
     requests = record["api_requests"]
     per_pod = "" if requests["per_pod"] is None else f", {requests['per_pod']} per pod started"
-    typer.echo(f"{counts}; API requests {requests['total']}{per_pod} (list and watch "
+    output.echo(f"{counts}; API requests {requests['total']}{per_pod} (list and watch "
                f"{requests['list_and_watch']}); {record['elapsed_s']:.1f}s")
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
     pods = {f"{p['namespace']}/{p['pod']}": p for p in plan["pods"]}
     for batch in plan["batches"]:
-        typer.echo(f"batch {batch['index']} ({batch['kind']}): {len(batch['pods'])} pod(s)")
+        output.echo(f"batch {batch['index']} ({batch['kind']}): {len(batch['pods'])} pod(s)")
         for name in batch["pods"]:
             p = pods[name]
-            typer.echo(f"  {name}: slot {p['from_slot']} ({p['from_image']}) -> slot "
+            output.echo(f"  {name}: slot {p['from_slot']} ({p['from_image']}) -> slot "
                        f"{p['to_slot']} ({p['to_image']})")
             for step, patch in p["patches"].items():
-                typer.echo(f"    {step}: {json.dumps(patch, separators=(',', ':'))}")
-    typer.echo(f"  ({plan['retire_guard']})")
+                output.echo(f"    {step}: {json.dumps(patch, separators=(',', ':'))}")
+    output.echo(f"  ({plan['retire_guard']})")
 
 
 def _print_status(summary: dict[str, Any]) -> None:
     scope = summary["namespace"] or "all namespaces"
     images = ", ".join(f"{image} {n}" for image, n in summary["active_images"].items())
-    typer.echo(f"{summary['pods']} pod(s) in {scope}"
+    output.echo(f"{summary['pods']} pod(s) in {scope}"
                + (f" matching {summary['selector']}" if summary["selector"] else "")
                + f"; {summary['pods_with_slots']} with proxy slots; active images: "
                + (images or "none"))
     if not summary["rollouts"]:
-        typer.echo("no rollout recorded in these pods")
+        output.echo("no rollout recorded in these pods")
     for entry in summary["rollouts"]:
         states = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in entry["states"].items())
-        typer.echo(f"rollout {entry['id']} -> {entry['image']}: {states}; "
+        output.echo(f"rollout {entry['id']} -> {entry['image']}: {states}; "
                    f"{entry['pods_on_image']} on the image, {entry['pods_not_on_image']} not; "
                    f"last change {entry['last_change']}")
-        typer.echo(f"  {entry['summary']}")
+        output.echo(f"  {entry['summary']}")
         for p in entry["pods"]:
             if p["state"] != "upgraded":
-                typer.echo(f"  {p['namespace']}/{p['pod']}: {p['state']}"
+                output.echo(f"  {p['namespace']}/{p['pod']}: {p['state']}"
                            + (f" ({p['reason']})" if p.get("reason") else ""))
 
 
 def _table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        output.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _env_path(name: str) -> Path | None:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from meshctl import errors
+from meshctl.cli.bounds import check_drain
 from meshctl.drain.policy import DrainPolicy
 
 SECTIONS = ("drain",)
@@ -22,7 +23,7 @@ SECTIONS = ("drain",)
 
 def load_drain_policy(path: Path | None, base: DrainPolicy | None = None) -> DrainPolicy:
     """The drain policy of a settings file over `base` (defaults). Every problem is BadInput
-    naming the file."""
+    naming the file; values are held to the bounds of the flags (`meshctl.cli.bounds`)."""
     policy = base or DrainPolicy()
     if path is None:
         return policy
@@ -31,14 +32,15 @@ def load_drain_policy(path: Path | None, base: DrainPolicy | None = None) -> Dra
     if not isinstance(drain, dict):
         raise errors.BadInput(f"{path}: 'drain' must be a mapping")
     try:
-        return policy.with_overrides(drain)
+        policy = policy.with_overrides(drain)
     except ValueError as exc:
         raise errors.BadInput(f"{path}: drain: {exc}") from exc
+    return check_drain(policy, f"{path}: drain: ")
 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise errors.BadInput(f"settings file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

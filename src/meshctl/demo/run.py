@@ -15,6 +15,7 @@ from typing import Any
 
 from meshctl import errors
 from meshctl.demo.loadgen import LoadGen
+from meshctl.envoy.binary import check_executable
 from meshctl.manager import operations
 from meshctl.manager.runner import render_demo_config
 
@@ -46,6 +47,11 @@ def wait_running(state_dir: Path, proc: subprocess.Popen[bytes], timeout_s: floa
 
 def run_demo(duration_s: float, to_envoy: str | None,
              log: Callable[[str], None]) -> dict[str, Any]:
+    """Refuses bad input (BadInput) before it starts anything."""
+    if not (duration_s >= 1):  # NaN too
+        raise errors.BadInput(f"the demo needs at least 1 s of traffic, not {duration_s!r}")
+    if to_envoy is not None:
+        to_envoy = str(check_executable(Path(to_envoy).expanduser()))
     tmp = Path(tempfile.mkdtemp(prefix="meshctl-demo-"))
     port = free_port()
     v1 = demo_config(tmp / "v1.yaml", port, "hello from config v1")

@@ -62,6 +62,29 @@ def check_executable(path: Path) -> Path:
     return path.resolve()
 
 
+def check_config_file(path: Path) -> Path:
+    """An Envoy config meshctl can hand over: an existing, readable file of UTF-8 text (YAML or
+    JSON). Checked before anything starts, so that a binary file or an unreadable one is bad
+    input (exit 5), not an Envoy that fails to start (exit 9) or an internal error in
+    whatever reads it first."""
+    if not path.exists():
+        raise BadInput(f"Envoy config not found: {path}")
+    if not path.is_file():  # a dir, or a FIFO that would block the read
+        raise BadInput(f"Envoy config is not a file: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"Envoy config cannot be read: {path}: {exc.strerror or exc}") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"Envoy config is not UTF-8 text: {path} (byte {exc.start} is "
+                       f"0x{data[exc.start]:02x})") from None
+    if b"\0" in data:
+        raise BadInput(f"Envoy config is not text (it holds NUL bytes): {path}")
+    return path
+
+
 def parse_version(text: str) -> str | None:
     """`1.40.0` from Envoy's version banner (`.../1.40.0/Clean/RELEASE/BoringSSL`), as
     `--version` prints it or as the admin API's /server_info gives it (no "version:")."""
