@@ -619,9 +619,6 @@ class LoadResult:
     def rps(self) -> float:
         return self.wrk.rps + (self.hey.rps if self.hey else 0.0)
 
-    def by_epoch(self) -> dict[str, int]:
-        return dict(self.wrk.by_epoch)
-
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "failures": self.failures, "rps": round(self.rps, 1),
                 "wrk": self.wrk.to_json(), "hey": self.hey.to_json() if self.hey else None}
@@ -702,9 +699,6 @@ class Load:
                 log(f"WARNING: could not parse {name}'s output: "
                     f"{self.outputs[name].read_text(errors='replace')[-500:]!r}")
         return LoadResult(wrk=wrk, hey=hey)
-
-    def raw(self) -> dict[str, str]:
-        return {name: path.read_text(errors="replace") for name, path in self.outputs.items()}
 
     def kill(self) -> None:
         for name, proc in self.procs.items():
