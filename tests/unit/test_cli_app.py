@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -337,3 +340,21 @@ def test_a_refusal_from_the_supervisor_is_one_line_with_its_exit_code(
     assert line == "meshctl: error: already stopping"
     [cmd] = supervisor_socket.seen
     assert cmd.args == {"graceful": True}
+
+
+def test_status_into_a_pipe_nobody_reads_exits_quietly_not_as_an_internal_error(
+    supervisor_socket: ControlSocket,
+) -> None:
+    """`meshctl status | true`: the reader is gone; exit 141 (128 + SIGPIPE) and say nothing."""
+    supervisor_socket.snapshot = RUNNING
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "meshctl", "status", "--state-dir",
+             str(supervisor_socket.state_dir)], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, timeout=60, check=False, env={**os.environ, "MESHCTL_NICE": "0"})
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""
