@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from meshctl.errors import StateDirError
 
@@ -41,6 +41,23 @@ class GenState(enum.StrEnum):
     FAILED = "failed"
     """Never became LIVE: the other slot may have to repair the hot restart
     (Trap 1, docs/traps.md)."""
+
+
+class LedgerEntry(TypedDict, total=False):
+    """One generation in the pod ledger (pod.json), written by the slot that started it."""
+
+    slot: str
+    state: str
+    """A `GenState` value."""
+    pid: int
+    binary: str
+    version: str | None
+    exit: str
+
+
+class LedgerData(TypedDict):
+    generations: dict[str, LedgerEntry]
+    """By epoch (JSON keys are strings)."""
 
 
 def other_slot(slot: str) -> str:
@@ -60,9 +77,13 @@ class PodLedger:
         return self.pod_dir / f"slot-{slot}"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[dict[str, Any]]:
+    def locked(self) -> Iterator[LedgerData]:
         """The ledger, for reading and changing; written back atomically on exit."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.lock_path,
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StateDirError(f"cannot open {self.lock_path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             data = self._read()
@@ -73,23 +94,27 @@ class PodLedger:
         finally:
             os.close(fd)  # drops the flock
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> LedgerData:
         with self.locked() as data:
-            copy: dict[str, Any] = json.loads(json.dumps(data))
+            copy: LedgerData = json.loads(json.dumps(data))
             return copy
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> LedgerData:
         try:
             data = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return {"generations": {}}
         except (OSError, ValueError) as exc:
             raise StateDirError(f"{self.path} cannot be read ({exc}); move it aside") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("generations"), dict):
+        gens = data.get("generations") if isinstance(data, dict) else None
+        if not isinstance(gens, dict) or not all(
+                isinstance(k, str) and k.isdigit() and isinstance(v, dict)
+                for k, v in gens.items()):
             raise StateDirError(f"{self.path} is not a meshctl pod ledger; move it aside")
-        return data
+        ledger: LedgerData = data
+        return ledger
 
-    def _write(self, data: dict[str, Any]) -> None:
+    def _write(self, data: LedgerData) -> None:
         gens = data["generations"]
         for key in sorted(gens, key=int)[:-_KEEP]:
             del gens[key]
@@ -116,12 +141,22 @@ class PodLedger:
 
     # ---- what a supervisor records and asks
 
-    def record(self, epoch: int, state: GenState, **fields: Any) -> None:
+    def record(self, epoch: int, state: GenState, *, pid: int | None = None,
+               binary: str | None = None, version: str | None = None,
+               exit: str | None = None) -> None:
         with self.locked() as data:
             entry = data["generations"].setdefault(str(epoch), {"slot": self.slot})
-            entry.update(fields, slot=self.slot, state=str(state))
+            entry["slot"], entry["state"] = self.slot, str(state)
+            if pid is not None:
+                entry["pid"] = pid
+            if binary is not None:
+                entry["binary"] = binary
+            if version is not None:
+                entry["version"] = version
+            if exit is not None:
+                entry["exit"] = exit
 
-    def other_live(self) -> tuple[int, dict[str, Any]] | None:
+    def other_live(self) -> tuple[int, LedgerEntry] | None:
         """The other slot's live generation, if its supervisor is running."""
         data = self.read()
         for key in sorted(data["generations"], key=int, reverse=True):
@@ -132,7 +167,7 @@ class PodLedger:
                 return None
         return None
 
-    def newer(self, epoch: int) -> tuple[int, dict[str, Any]] | None:
+    def newer(self, epoch: int) -> tuple[int, LedgerEntry] | None:
         """The newest generation after `epoch` started by the other slot, if any."""
         data = self.read()
         found = [(int(k), v) for k, v in data["generations"].items()
