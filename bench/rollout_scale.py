@@ -36,16 +36,21 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this checkout's meshctl, and its test fakes
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this checkout's meshctl, and its kubesim
 
+import urllib3  # noqa: E402
 from kubernetes import client as k8s  # noqa: E402
-from tests.k8s.conftest import NAMESPACE, PROXY_NEW, app_pod  # noqa: E402
-from tests.k8s.kubelet import FakeImage, FakeKubelet, FakeRuntime  # noqa: E402
-from tests.k8s.rollout_fixtures import LeanApiServer  # noqa: E402
+from kubesim.apiserver import LeanApiServer  # noqa: E402
+from kubesim.kubelet import FakeImage, FakeKubelet, FakeRuntime  # noqa: E402
 
+from meshctl.images.inject import InjectOptions, inject_object  # noqa: E402
+
+NAMESPACE = "shop"
+PROXY_OLD = "registry.example/meshctl/proxy:1.39.3"
+PROXY_NEW = "registry.example/meshctl/proxy:1.40.0"
 SELECTOR = "app=web"
 BENCH_AGENT = "rollout-bench"
 KUBELET_AGENT = "fake-kubelet"
@@ -86,10 +91,13 @@ def client(url: str, agent: str) -> k8s.ApiClient:
 
 
 def web_pod(index: int) -> dict[str, Any]:
-    pod = app_pod()
-    pod["metadata"]["name"] = f"web-{index:04d}"
-    pod["metadata"]["labels"] = {"app": "web"}
-    return pod
+    """A pod `web-NNNN` as `meshctl inject` writes it: slot a on PROXY_OLD, slot b standing by."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"web-{index:04d}", "namespace": NAMESPACE,
+                        "labels": {"app": "web"}},
+           "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}
+    injected, _ = inject_object(pod, InjectOptions(image=PROXY_OLD))
+    return injected
 
 
 def wait_all_ready(core: k8s.CoreV1Api, count: int, timeout_s: float) -> None:
@@ -97,8 +105,9 @@ def wait_all_ready(core: k8s.CoreV1Api, count: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     ready = 0
     while time.monotonic() < deadline:
-        pods = json.loads(core.list_namespaced_pod(
-            NAMESPACE, label_selector=SELECTOR, _preload_content=False).data)["items"]
+        response = cast(urllib3.HTTPResponse, core.list_namespaced_pod(
+            NAMESPACE, label_selector=SELECTOR, _preload_content=False))
+        pods = json.loads(response.data)["items"]
         ready = sum(1 for p in pods if any(
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in (p.get("status") or {}).get("conditions") or []))
@@ -122,7 +131,8 @@ def cluster(pods: int, ready_after_s: float) -> Iterator[tuple[LeanApiServer, k8
         core = k8s.CoreV1Api(bench_client)
         log(f"creating {pods} pods")
         for i in range(pods):
-            core.create_namespaced_pod(NAMESPACE, web_pod(i))
+            # The client sends a dict body as it is (its stubs want a V1Pod).
+            core.create_namespaced_pod(NAMESPACE, web_pod(i))  # type: ignore[arg-type]
         wait_all_ready(core, pods, timeout_s=60 + pods * 0.2)
         log(f"{pods} pods Ready")
         yield api, core
@@ -130,8 +140,8 @@ def cluster(pods: int, ready_after_s: float) -> Iterator[tuple[LeanApiServer, k8
         try:
             kubelet.stop()
         finally:
-            bench_client.close()
-            kubelet_client.close()
+            bench_client.close()  # type: ignore[no-untyped-call]
+            kubelet_client.close()  # type: ignore[no-untyped-call]
             api.stop()
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from kubesim.apiserver import ApiServer, Seen
+from kubesim.kubelet import FakeImage, FakeKubelet, FakeRuntime
 from typer.testing import CliRunner, Result
 
 from meshctl.cli.app import app
 from meshctl.images.inject import InjectOptions, inject_object
-from tests.k8s.apiserver import ApiServer, Seen
-from tests.k8s.kubelet import FakeImage, FakeKubelet, FakeRuntime
 
 NAMESPACE = "shop"
 POD = "web-0"

@@ -8,19 +8,15 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import aiohttp.web
-import kmock
 from kubernetes import client as k8s
+from kubesim.kubelet import FakeImage, FakeKubelet, FakeRuntime
 from typer.testing import Result
 
-from tests.k8s.apiserver import ApiServer, PodEmulator, Seen
 from tests.k8s.conftest import NAMESPACE, app_pod
-from tests.k8s.kubelet import FakeImage, FakeKubelet, FakeRuntime
 
 SELECTOR = "app=web"
 NEVER = FakeImage(ready_after_s=None)
 """An image that starts but never becomes ready (a bad image)."""
-_KMOCK_KEEP = 8
 
 
 class FleetRuntime(FakeRuntime):
@@ -93,38 +89,3 @@ def named(events: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, A
 def record_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     text = (pod["metadata"].get("annotations") or {}).get("meshctl.io/rollout")
     return json.loads(text) if text else None
-
-
-class _LeanEmulator(PodEmulator):
-    """`PodEmulator`, but kmock's own request list is kept short: kmock matches each request
-    against its reactions by scanning every request served so far, so a long run (hundreds of
-    pods, thousands of requests) would slow down with each request. The full log is kept
-    here, for `seen()`."""
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.log: list[kmock.Request] = []
-
-    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        self.log.append(request)
-        del self._requests[:-_KMOCK_KEEP]
-        return await super()._handle(request)
-
-
-class LeanApiServer(ApiServer):
-    """`ApiServer` on `_LeanEmulator`: the same API, at a constant cost per request."""
-
-    emulator_class = _LeanEmulator
-
-    def seen(self) -> list[Seen]:
-        def snapshot(em: PodEmulator) -> list[Seen]:
-            assert isinstance(em, _LeanEmulator)
-            return [Seen(method=str(getattr(r.method, "value", r.method)).upper(),
-                         path=r.url.path, query=dict(r.params),
-                         content_type=r.headers.get("Content-Type", ""),
-                         data=copy.deepcopy(r.data),
-                         resource=r.resource.plural if r.resource else None, name=r.name,
-                         subresource=r.subresource, user_agent=r.headers.get("User-Agent", ""))
-                    for r in list(em.log)]
-
-        return self.call(snapshot)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubesim.apiserver import ApiServer, Fault
 
 from meshctl.clock import Deadline, SystemClock
 from meshctl.exitcodes import ExitCode
 from meshctl.images import kube
-from tests.k8s.apiserver import ApiServer, Fault
 from tests.k8s.conftest import NAMESPACE, POD, from_meshctl
 
 FAST = kube.KubeSettings(attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05,

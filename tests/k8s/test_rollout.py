@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from kubesim.apiserver import ApiServer, Fault, LeanApiServer
+from kubesim.kubelet import FakeImage, FakeKubelet
 from typer.testing import Result
 
 from meshctl.images.kube_fleet import FleetKube
-from tests.k8s.apiserver import ApiServer, Fault
 from tests.k8s.conftest import (
     IMAGES,
     NAMESPACE,
@@ -33,12 +34,10 @@ from tests.k8s.conftest import (
     images,
     read_pod,
 )
-from tests.k8s.kubelet import FakeImage, FakeKubelet
 from tests.k8s.rollout_fixtures import (
     NEVER,
     SELECTOR,
     FleetRuntime,
-    LeanApiServer,
     create_fleet,
     events_of,
     named,

@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 from kubernetes import client as k8s
+from kubesim.apiserver import ApiServer, Fault
+from kubesim.kubelet import FakeKubelet, FakeRuntime
 from typer.testing import Result
 
 from meshctl.exitcodes import ExitCode
-from tests.k8s.apiserver import ApiServer, Fault
 from tests.k8s.conftest import (
     CRASHES,
     KUBELET_AGENT,
@@ -29,7 +30,6 @@ from tests.k8s.conftest import (
     json_patches,
     read_pod,
 )
-from tests.k8s.kubelet import FakeKubelet, FakeRuntime
 
 A, B = "meshctl-proxy-a", "meshctl-proxy-b"
 STEPS = ["started", "standby_patched", "new_slot_ready", "handover_confirmed",

@@ -1,6 +1,6 @@
-"""A Kubernetes API server for the tests: kmock's KubernetesEmulator on a real HTTP port, in a
-thread with its own event loop, so that the synchronous `kubernetes` client (meshctl's, the
-fake kubelet's, the test's) reaches it like a cluster.
+"""A Kubernetes API server for the tests and the rollout benchmark: kmock's KubernetesEmulator
+on a real HTTP port, in a thread with its own event loop, so that the synchronous `kubernetes`
+client (meshctl's, the fake kubelet's, the test's) reaches it like a cluster.
 
 What the emulator adds to kmock's, to behave like the real API server where meshctl relies on
 it:
@@ -106,7 +106,7 @@ class PodEmulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     async def _update(self, request: kmock.Request) -> None:
-        assert request.resource is not None
+        assert request.resource is not None and request.name is not None
         key = (request.resource, request.namespace, request.name)
         async with self._lock:
             if key not in self.objects or self.objects[key].deleted:
@@ -229,3 +229,42 @@ class ApiServer:
             self.url = str(server.url).rstrip("/")
             self._ready.set()
             await self._stop.wait()
+
+
+_KMOCK_KEEP = 8
+"""Requests kmock keeps in its own list (`_LeanEmulator`)."""
+
+
+class _LeanEmulator(PodEmulator):
+    """`PodEmulator`, but kmock's own request list is kept short: kmock matches each request
+    against its reactions by scanning every request served so far, so a long run (hundreds of
+    pods, thousands of requests) would slow down with each request. The full log is kept
+    here, for `seen()`."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.log: list[kmock.Request] = []
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        self.log.append(request)
+        del self._requests[:-_KMOCK_KEEP]
+        return await super()._handle(request)
+
+
+class LeanApiServer(ApiServer):
+    """`ApiServer` on `_LeanEmulator`: the same API, at a constant cost per request."""
+
+    emulator_class = _LeanEmulator
+
+    def seen(self) -> list[Seen]:
+        def snapshot(em: PodEmulator) -> list[Seen]:
+            assert isinstance(em, _LeanEmulator)
+            return [Seen(method=str(getattr(r.method, "value", r.method)).upper(),
+                         path=r.url.path, query=dict(r.params),
+                         content_type=r.headers.get("Content-Type", ""),
+                         data=copy.deepcopy(r.data),
+                         resource=r.resource.plural if r.resource else None, name=r.name,
+                         subresource=r.subresource, user_agent=r.headers.get("User-Agent", ""))
+                    for r in list(em.log)]
+
+        return self.call(snapshot)

@@ -1,4 +1,5 @@
-"""A fake kubelet for the tests: it watches the API server's pods and plays the node.
+"""A fake kubelet for the tests and the rollout benchmark: it watches the API server's pods
+and plays the node.
 
 For every container of a pod (and every native sidecar) it asks a `Runtime` to start it;
 when the spec's image of a container changes, it stops that container and starts the new
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import urllib3
 from kubernetes import client as k8s
@@ -171,8 +172,8 @@ class FakeKubelet:
         """Wait until the pod's Ready condition is True (read through the API)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            pod = json.loads(self._core.read_namespaced_pod(
-                name, self.namespace, _preload_content=False).data)
+            pod = json.loads(_raw(self._core.read_namespaced_pod(
+                name, self.namespace, _preload_content=False)).data)
             conditions = (pod.get("status") or {}).get("conditions") or []
             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
                 return pod  # type: ignore[no-any-return]
@@ -184,20 +185,22 @@ class FakeKubelet:
     def _watch(self) -> None:
         while not self._stopping.is_set():
             try:
-                response = self._core.list_namespaced_pod(
+                response = _raw(self._core.list_namespaced_pod(
                     self.namespace, watch=True, _preload_content=False,
-                    _request_timeout=(2.0, 0.3))
+                    _request_timeout=(2.0, 0.3)))
             except Exception as exc:  # the server is going away with the test
                 if not self._stopping.wait(0.1):
                     self.errors.append(exc)
                 return
             try:
-                for line in iter_resp_lines(response):
+                for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                     if not line.strip():
                         continue
                     event = json.loads(line)
                     pod = event.get("object") or {}
                     name = (pod.get("metadata") or {}).get("name")
+                    if not isinstance(name, str):
+                        continue
                     with self._lock:
                         if event.get("type") == "DELETED":
                             self._desired.pop(name, None)
@@ -311,3 +314,9 @@ class FakeKubelet:
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _raw(response: object) -> urllib3.HTTPResponse:
+    """What a `kubernetes` call made with `_preload_content=False` returns (its stubs say the
+    decoded model)."""
+    return cast(urllib3.HTTPResponse, response)
