@@ -60,6 +60,42 @@ def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
         (args.docs or docs).absolute()
 
 
+OUTSIDE = "<outside the repository>"
+
+
+def portable(path: str | Path) -> str:
+    """A path as a result committed to the repository names it: relative to the repository
+    when inside it, else only its last part (a home directory or a scratch folder of the
+    machine that ran it says nothing to a reader of the results)."""
+    absolute = Path(path).absolute()
+    if absolute.is_relative_to(REPO):
+        return absolute.relative_to(REPO).as_posix()
+    return f"{OUTSIDE}/{absolute.name}"
+
+
+def _command(argv: list[str]) -> str:
+    """The command line as run, its absolute paths made `portable`."""
+    args = [portable(a) if a.startswith("/") else a for a in argv]
+    return "python bench/proof.py" + (" " + shlex.join(args) if args else "")
+
+
+def portable_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """`Settings.to_json()` with its paths (the binaries, the attempts folder) `portable`."""
+    return {k: portable(v) if k in ("old_envoy", "new_envoy", "attempts_dir") and v else v
+            for k, v in settings.items()}
+
+
+def portable_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary as written to summary.json: every path `portable`."""
+    out = dict(summary)
+    for key in ("results", "images"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: portable(v) for k, v in out[key].items()}
+    if isinstance(out.get("settings"), dict):
+        out["settings"] = portable_settings(out["settings"])
+    return out
+
+
 def render(summary: dict[str, Any], scenarios: dict[str, dict[str, Any]], images: Path,
            docs: Path) -> None:
     """The PNGs and the page, from the results."""
@@ -116,24 +152,23 @@ def run(args: argparse.Namespace, results: Path, images: Path, docs: Path) -> in
             calibration = calibrate(suite)
         for key in keys:
             scen = SCENARIOS[key](suite)
-            scen["settings"] = settings.to_json()
+            scen["settings"] = portable_settings(settings.to_json())
             scen["envoy"] = versions
             scenarios[key] = scen
             write_json(results / f"{key}.json", scen)
         supervisor = suite.supervisor_summary()
     finish_machine_info(machine)
     summary: dict[str, Any] = {
-        "command": "python bench/proof.py" + (" " + shlex.join(sys.argv[1:])
-                                              if sys.argv[1:] else ""),
+        "command": _command(sys.argv[1:]),
         "generated_utc": machine["date_utc"], "duration_s": round(time.monotonic() - started, 1),
         "smoke": settings.smoke, "machine": machine, "envoy": versions,
-        "settings": settings.to_json(), "supervisor": supervisor,
+        "settings": portable_settings(settings.to_json()), "supervisor": supervisor,
         "targets": analysis.targets(scenarios, supervisor),
         "results": {key: str(results / f"{key}.json") for key in scenarios},
         "calibration": calibration,
     }
     render(summary, scenarios, images, docs)
-    write_json(results / "summary.json", summary)
+    write_json(results / "summary.json", portable_summary(summary))
     return _verdict(summary)
 
 
@@ -148,11 +183,13 @@ def _verdict(summary: dict[str, Any]) -> int:
 
 def report_only(results: Path, images: Path, docs: Path) -> int:
     summary = json.loads((results / "summary.json").read_text())
+    # The scenarios' files beside the summary (the paths it records are `portable`).
+    summary["results"] = {key: str(results / f"{key}.json") for key in summary["results"]}
     scenarios = {key: json.loads(Path(path).read_text())
                  for key, path in summary["results"].items()}
     summary["targets"] = analysis.targets(scenarios, summary.get("supervisor"))
     render(summary, scenarios, images, docs)
-    write_json(results / "summary.json", summary)
+    write_json(results / "summary.json", portable_summary(summary))
     return _verdict(summary)
 
 
