@@ -463,3 +463,14 @@ def test_the_upstream_refuses_a_head_without_end() -> None:
         assert srv.snapshot().received == 0
     finally:
         srv.close()
+
+
+def test_a_response_envoy_would_not_send_is_read_by_h11_as_by_the_fast_path() -> None:
+    chunked = (b"HTTP/1.1 503 Unavailable\r\nx-meshctl-epoch: 2\r\nconnection: close\r\n"
+               b"transfer-encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n")
+    parsed = parse_response(chunked)
+    assert parsed is not None
+    assert (parsed[0].status, parsed[0].epoch, parsed[0].close, parsed[1]) == (
+        503, "2", True, len(chunked))
+    with pytest.raises(ProtocolViolation):
+        parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
