@@ -103,25 +103,27 @@ def rollout(
     all_namespaces: AllNamespacesOpt = False,
     image: Annotated[str | None, typer.Option("--image", help="The new proxy image.")] = None,
     max_parallel: Annotated[int, typer.Option(
-        "--max-parallel", help="Pods swapped at once: the size of each batch."),
+        "--max-parallel", min=1, help="Pods swapped at once: the size of each batch."),
         Bound(1, 10_000, "pods")] = 10,
     canary: Annotated[int, typer.Option(
-        "--canary", help="Pods upgraded first, as a batch of their own; a failure "
-                         "among them stops the rollout."), Bound(0, 10_000, "pods")] = 1,
+        "--canary", min=0, help="Pods upgraded first, as a batch of their own; a failure "
+                                "among them stops the rollout."),
+        Bound(0, 10_000, "pods")] = 1,
     pause_after_canary: Annotated[bool, typer.Option(
         "--pause-after-canary", help="Stop after the canary (exit 0); the same command run "
                                      "again continues with the rest.")] = False,
     max_failures: Annotated[int, typer.Option(
-        "--max-failures", help="Start no further pod once this many failed (earlier "
-                               "runs of the same rollout included)."),
+        "--max-failures", min=1, help="Start no further pod once this many failed (earlier "
+                                      "runs of the same rollout included)."),
         Bound(1, 1_000_000, "pods")] = 1,
     timeout_s: Annotated[float | None, typer.Option(
-        "--timeout", help="Deadline of the whole rollout, in seconds (default: "
-                          "none). Past it, pods not ready yet are set back; exit 2."),
+        "--timeout", min=0.1, help="Deadline of the whole rollout, in seconds (default: "
+                                   "none). Past it, pods not ready yet are set back; exit 2."),
         Bound(0.1, 7 * DAY_S)] = None,
     pod_timeout_s: Annotated[float, typer.Option(
-        "--pod-timeout", help="Seconds a pod's new slot has to be started and ready "
-                              "before that pod is rolled back."), Bound(0.1, DAY_S)] = 300.0,
+        "--pod-timeout", min=0.1, help="Seconds a pod's new slot has to be started and ready "
+                                       "before that pod is rolled back."),
+        Bound(0.1, DAY_S)] = 300.0,
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Start again the pods an earlier run of this rollout rolled "
                                "back (by default they stay failed).")] = False,
