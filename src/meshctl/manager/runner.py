@@ -83,22 +83,28 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
             raise errors.BadInput(f"--slot must be one of {', '.join(SLOTS)}, not {slot!r}")
         # The state dir given is the pod's shared dir; this slot's own state lives inside.
         pod_dir, state_dir = state_dir, state_dir / f"slot-{slot}"
-    if config is None:
+    # Everything that can be refused is, before anything is created.
+    binary = check_trusted(resolve_binary(envoy, environ), "Envoy binary")
+    extra = check_extra_args(extra_args)
+    if config is not None:
+        config = check_trusted(check_config(config), "Envoy config")
+    else:
         # The bundled config, with its admin socket in the state dir (checked as ours first).
         sd = StateDir(state_dir, pod_dir / "hr" if pod_dir is not None else None)
         sd.prepare()
-        config = render_demo_config(sd.root / "demo-envoy.yaml", sd.root / "admin.sock")
+        config = check_trusted(render_demo_config(sd.root / "demo-envoy.yaml",
+                                                  sd.root / "admin.sock"), "Envoy config")
     settings = SupervisorSettings(
         state_dir=state_dir,
         slot=slot,
         pod_dir=pod_dir,
-        binary=check_trusted(resolve_binary(envoy, environ), "Envoy binary"),
-        config=check_trusted(check_config(config), "Envoy config"),
+        binary=binary,
+        config=config,
         base_id=base_id if base_id is not None else default_base_id(pod_dir or state_dir),
         drain=drain,
         concurrency=concurrency,
         ready_timeout_s=ready_timeout_s,
-        extra_args=check_extra_args(extra_args),
+        extra_args=extra,
         init_priority=init_priority,
         keeper=keeper_path,
         health_host=health[0] if health else "127.0.0.1",
