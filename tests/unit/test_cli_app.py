@@ -358,3 +358,12 @@ def test_status_into_a_pipe_nobody_reads_exits_quietly_not_as_an_internal_error(
         os.close(write_end)
     assert done.returncode == 141
     assert done.stderr == ""
+
+
+def test_the_drain_progress_says_what_is_known_before_the_first_count() -> None:
+    from meshctl.cli.output import drain_line  # noqa: PLC0415
+
+    assert drain_line({"connections": None, "time_left_s": 12.0}) == (
+        "counting the old generation's connections, 12.0s left")
+    assert drain_line({"connections": 3, "time_left_s": 1.25}) == (
+        "3 connection(s) left on the old generation, 1.2s left")

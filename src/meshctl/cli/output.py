@@ -81,8 +81,7 @@ def progress_reporter(out: Format) -> Callable[[dict[str, Any]], None]:
             text = f"upgrade {upgrade['id']}: epoch {upgrade['from_epoch']} -> " \
                    f"{upgrade['to_epoch']}: {phase}"
             if drain:
-                text += (f", {drain.get('connections')} connection(s) left on the old "
-                         f"generation, {drain.get('time_left_s', 0):.1f}s left")
+                text += f", {drain_line(drain)}"
             sys.stderr.write("\r\033[K" + text)
             sys.stderr.flush()
             return
@@ -97,6 +96,15 @@ def progress_reporter(out: Format) -> Callable[[dict[str, Any]], None]:
             typer.echo(json.dumps(event), err=True)
 
     return report
+
+
+def drain_line(drain: dict[str, Any]) -> str:
+    """The drain's progress in words; before the first count the connections are not known
+    (the first reading waits until it can help end the window), and say so."""
+    n = drain.get("connections")
+    left = (f"{n} connection(s) left on the old generation" if n is not None
+            else "counting the old generation's connections")
+    return f"{left}, {drain.get('time_left_s', 0):.1f}s left"
 
 
 def upgrade_result(record: dict[str, Any], out: Format) -> None:
