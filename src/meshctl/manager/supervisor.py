@@ -33,12 +33,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import socket
-from collections import deque
 from pathlib import Path
-from types import FrameType
 from typing import Any, assert_never
 
 from meshctl import cpu, errors, trust
@@ -64,6 +61,7 @@ from meshctl.manager.restarts import CrashLoop
 from meshctl.manager.settings import InitPriority, SupervisorSettings
 from meshctl.manager.state import HISTORY_KEEP, StateDir
 from meshctl.manager.upgrade import Upgrade, init_scheduling
+from meshctl.manager.wakeup import Wakeup
 from meshctl.manager.xdsguard import GateCheck, GateState, XdsGuard
 
 log = logging.getLogger(__name__)
@@ -109,14 +107,13 @@ class Supervisor:
         self._pod_checked = 0.0
         self._pod_serving = False
         self._handled_failures: set[int] = set()
-        self._signals: deque[int] = deque()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wakeup = Wakeup()
         self._snapshot: snapshot.StatusSnapshot | None = None
         self._last_sample = 0.0
         self.drain_watch = DrainWatch()
         self._upgrade_counter = 0
         self.control = ControlServer(self.state.control_socket, lambda: self._snapshot,
-                                     self._wake)
+                                     self.wakeup.wake)
         self.guard = XdsGuard(self.state.root / "gate.sock", self.clock)
         self._base_id_lock: socket.socket | None = None
 
@@ -135,8 +132,6 @@ class Supervisor:
             raise
         if os.getpid() != 1 and not become_subreaper():
             log.warning("cannot become a child subreaper: orphaned Envoys go to init")
-        old_handlers: dict[int, Any] = {}
-        old_wakeup = -1
         try:
             adopted = self._load_previous()
             self._state_loaded = True  # from here on the state file is ours to write
@@ -146,9 +141,7 @@ class Supervisor:
                 self.health = HealthServer(self.settings.health_host, self.settings.health_port,
                                            self._ready, self.metrics)
                 self.health.start()
-            for sig in _HANDLED_SIGNALS:
-                old_handlers[sig] = signal.signal(sig, self._record_signal)
-            old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+            self.wakeup.install(_HANDLED_SIGNALS)
             self.control.start()
             if adopted:
                 if any(g.xds_driven for g in adopted):
@@ -158,7 +151,7 @@ class Supervisor:
                 self._start_generation(no_parent_ok=False)
             self._publish()
             while self.phase is not Phase.STOPPED:
-                self._wait(self.settings.idle_tick_s
+                self.wakeup.wait(self.settings.idle_tick_s
                            if self.phase in (Phase.RUNNING, Phase.IDLE) and not self.gens.stoppers
                            else self.settings.tick_s)
                 self._handle_signals()
@@ -168,16 +161,12 @@ class Supervisor:
                 self._publish()
         finally:
             self._final_cleanup()
-            signal.set_wakeup_fd(old_wakeup)
-            for signum, handler in old_handlers.items():
-                signal.signal(signum, handler)
             if self.health is not None:
                 self.health.close()
             if self._base_id_lock is not None:
                 self._base_id_lock.close()
             self.state.release()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            self.wakeup.close()
         return self.exit_code
 
     def _claim_base_id(self) -> None:
@@ -277,7 +266,7 @@ class Supervisor:
         while self.gens.any_alive() and not deadline.expired():
             self.gens.reap()
             if self.gens.any_alive():
-                self._wait(0.05)
+                self.wakeup.wait(0.05)
         self.gens.close_stand_ins()
         self.control.close()
         self.guard.close()
@@ -299,24 +288,8 @@ class Supervisor:
 
     # ----------------------------------------------------------------- events
 
-    def _record_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self._signals.append(signum)  # only record: the loop acts
-
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"c")
-
-    def _wait(self, timeout_s: float) -> None:
-        with contextlib.suppress(InterruptedError):
-            ready, _, _ = select.select([self._wake_r], [], [], timeout_s)
-            if ready:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wake_r, 4096):
-                        pass
-
     def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.popleft()
+        for signum in self.wakeup.signals():
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.handle_term(signum)
             elif signum == signal.SIGHUP:
