@@ -414,7 +414,7 @@ class Supervisor:
         raise RuntimeError(f"supervisor not running after {timeout_s:g}s: {self.tail()}")
 
     def status(self) -> dict[str, Any]:
-        return operations.status(self.state_dir)
+        return dict(operations.status(self.state_dir))
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the supervisor process has used so far."""

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import typer
@@ -69,12 +69,12 @@ def emit_json(obj: Any) -> None:
     echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
-def progress_reporter(out: Format) -> Callable[[dict[str, Any]], None]:
+def progress_reporter(out: Format) -> Callable[[Mapping[str, Any]], None]:
     """A live line on a terminal; JSON-lines events on stderr otherwise (CI logs, pipes)."""
     tty = sys.stderr.isatty() and out is Format.TEXT
     last: dict[str, Any] = {"line": None, "t": 0.0}
 
-    def report(upgrade: dict[str, Any]) -> None:
+    def report(upgrade: Mapping[str, Any]) -> None:
         drain = upgrade.get("drain") or {}
         phase = upgrade.get("phase")
         if tty:
@@ -98,7 +98,7 @@ def progress_reporter(out: Format) -> Callable[[dict[str, Any]], None]:
     return report
 
 
-def drain_line(drain: dict[str, Any]) -> str:
+def drain_line(drain: Mapping[str, Any]) -> str:
     """The drain's progress in words; before the first count the connections are not known
     (the first reading waits until it can help end the window), and say so."""
     n = drain.get("connections")
@@ -107,7 +107,7 @@ def drain_line(drain: dict[str, Any]) -> str:
     return f"{left}, {drain.get('time_left_s', 0):.1f}s left"
 
 
-def upgrade_result(record: dict[str, Any], out: Format) -> None:
+def upgrade_result(record: Mapping[str, Any], out: Format) -> None:
     if sys.stderr.isatty() and out is Format.TEXT:
         sys.stderr.write("\r\033[K")
     if out is Format.JSON:
@@ -134,19 +134,19 @@ def upgrade_result(record: dict[str, Any], out: Format) -> None:
         echo(f"  reason: {record['error']}")
 
 
-def xds_line(view: dict[str, Any] | None) -> str:
+def xds_line(view: Mapping[str, Any] | None) -> str:
     view = view or {}
     return (f"{len(view.get('listeners') or {})} listener(s), {view.get('routes', 0)} route "
             f"config(s), {view.get('clusters', 0)} cluster(s), {view.get('endpoints', 0)} "
             f"endpoint(s)")
 
 
-def _lost(parity: dict[str, Any]) -> str:
+def _lost(parity: Mapping[str, Any]) -> str:
     lost = parity.get("missing_listeners") or []
     return f"; LISTENERS LOST (accepted): {', '.join(lost)}" if lost else ""
 
 
-def status(snap: dict[str, Any], out: Format) -> None:
+def status(snap: Mapping[str, Any], out: Format) -> None:
     if out is Format.JSON:
         emit_json(snap)
         return

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         pass  # the demo prints its own lines
 
 
-def _upgrade(state_dir: Path, ready_timeout_s: float | None) -> dict[str, Any]:
+def _upgrade(state_dir: Path, ready_timeout_s: float | None) -> Mapping[str, Any]:
     drain: dict[str, Any] = {}
     if ready_timeout_s is not None:
         drain["ready_timeout_s"] = ready_timeout_s
@@ -78,7 +78,7 @@ def run_xds_demo(duration_s: float, log: Callable[[str], None]) -> dict[str, Any
            "--health-address", "127.0.0.1:0", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    upgrades: list[dict[str, Any]] = []
+    upgrades: list[Mapping[str, Any]] = []
     stats = LoadStats()
     try:
         log(f"control plane (ADS) on 127.0.0.1:{plane.port}; Envoy under meshctl takes "

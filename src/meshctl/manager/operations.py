@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from meshctl import errors
 from meshctl.envoy import xds
@@ -18,10 +18,11 @@ from meshctl.envoy.binary import BinaryInfo, check_executable, probe_binary, val
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.control import call
 from meshctl.manager.phase import Phase
+from meshctl.manager.snapshot import GenerationJSON, StatusSnapshot, UpgradeRecord
 from meshctl.manager.state import StateDir
 from meshctl.trust import check_trusted
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[Mapping[str, Any]], None]
 POLL_S = 0.2
 
 
@@ -33,11 +34,12 @@ def client(state_dir: Path) -> StateDir:
     return sd
 
 
-def status(state_dir: Path) -> dict[str, Any]:
-    return call(client(state_dir).control_socket, "status")
+def status(state_dir: Path) -> StatusSnapshot:
+    snap = call(client(state_dir).control_socket, "status")
+    return cast(StatusSnapshot, snap)  # the supervisor's own `_status`, as JSON
 
 
-def preflight(binary: Path, config: Path, live: Mapping[str, Any]) -> dict[str, Any]:
+def preflight(binary: Path, config: Path, live: GenerationJSON) -> dict[str, str]:
     """The new binary runs, accepts the new config, and speaks the running one's hot-restart
     version. Raises PreflightFailed (or BadInput) with the reason; starts nothing.
 
@@ -58,12 +60,11 @@ def preflight(binary: Path, config: Path, live: Mapping[str, Any]) -> dict[str, 
     return {"version": new.version, "hot_restart_version": new.hot_restart_version}
 
 
-def control_plane_preflight(sd: StateDir, current: Mapping[str, Any]) -> None:
+def control_plane_preflight(sd: StateDir, live: GenerationJSON) -> None:
     """An xDS-driven live generation disconnected from its control plane: a new one would
     get nothing (the gate would hold it until --ready-timeout-s, then roll it back). Read
     fresh from the live generation's admin API; when that API is gone (a failed upgrade
     closed it), nothing is refused here: the gate still holds an incomplete generation."""
-    live = current["live"]
     try:
         health = xds.read_health(AdminClient(sd.admin_address_file(int(live["epoch"]))))
     except (AdminUnavailable, ValueError):
@@ -75,7 +76,7 @@ def control_plane_preflight(sd: StateDir, current: Mapping[str, Any]) -> None:
             f"fix the control plane, or --force to try (it is held until complete)")
 
 
-def _running(live: Mapping[str, Any]) -> BinaryInfo:
+def _running(live: GenerationJSON) -> BinaryInfo:
     binary = Path(live["binary"])
     version, hot = live.get("version"), live.get("hot_restart_version")
     if isinstance(version, str) and isinstance(hot, str) and version and hot:
@@ -84,16 +85,16 @@ def _running(live: Mapping[str, Any]) -> BinaryInfo:
 
 
 def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bool,
-            timeout_s: float, run_preflight: bool, drain: dict[str, Any],
-            progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
+            timeout_s: float, run_preflight: bool, drain: Mapping[str, Any],
+            progress: Progress | None = None, force: bool = False) -> UpgradeRecord:
     sd = client(state_dir)
-    current = call(sd.control_socket, "status")
-    live = current.get("live")
-    if Phase(current.get("phase", "starting")) is not Phase.RUNNING or not live:
-        upgrading = current.get("upgrade") or {}
+    current = status(state_dir)
+    live = current["live"]
+    if Phase(current["phase"]) is not Phase.RUNNING or live is None:
+        upgrading = current["upgrade"]
         raise errors.Busy(
-            f"upgrade refused: the supervisor is {current.get('phase')}"
-            + (f" (upgrade {upgrading.get('id')} in progress)" if upgrading else "")
+            f"upgrade refused: the supervisor is {current['phase']}"
+            + (f" (upgrade {upgrading['id']} in progress)" if upgrading else "")
         )
     binary = check_executable(Path(envoy).expanduser()) if envoy else Path(live["binary"])
     if config is not None:
@@ -105,19 +106,19 @@ def upgrade(state_dir: Path, *, envoy: str | None, config: Path | None, wait: bo
     check_trusted(binary, "Envoy binary")
     check_trusted(new_config, "Envoy config")
     if live.get("xds_driven") and not force:
-        control_plane_preflight(sd, current)
+        control_plane_preflight(sd, live)
     if run_preflight:
         preflight(binary, new_config, live)
     reply = call(sd.control_socket, "upgrade", binary=str(binary.absolute()),
                  config=str(new_config), **drain)
-    record: dict[str, Any] = reply["upgrade"]
+    record = cast(UpgradeRecord, reply["upgrade"])
     if not wait:
         return record
     return wait_for_upgrade(sd, record["id"], timeout_s, progress)
 
 
 def wait_for_upgrade(sd: StateDir, upgrade_id: str, timeout_s: float,
-                     progress: Progress | None) -> dict[str, Any]:
+                     progress: Progress | None) -> UpgradeRecord:
     deadline = time.monotonic() + timeout_s
     while True:
         snap = call(sd.control_socket, "status")
@@ -126,7 +127,7 @@ def wait_for_upgrade(sd: StateDir, upgrade_id: str, timeout_s: float,
             if progress is not None:
                 progress({**current, "phase": snap.get("phase")})
         elif last and last.get("id") == upgrade_id:
-            return dict(last)
+            return cast(UpgradeRecord, last)
         else:
             raise errors.MeshctlError(f"upgrade {upgrade_id} vanished from the supervisor's "
                                       f"status (was it restarted?)")
@@ -136,7 +137,7 @@ def wait_for_upgrade(sd: StateDir, upgrade_id: str, timeout_s: float,
         time.sleep(POLL_S)
 
 
-def upgrade_exit_code(record: dict[str, Any], *, waited: bool) -> ExitCode:
+def upgrade_exit_code(record: Mapping[str, Any], *, waited: bool) -> ExitCode:
     if not waited:
         return ExitCode.OK
     result = record.get("result")
