@@ -26,6 +26,13 @@ Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTI
 generation (`--skip-hot-restart-on-no-parent`); too many crashes in a window: FAILED.
 In a pod (`--slot`, see `meshctl.manager.pod`), the new generation is started by the other
 slot's supervisor: RUNNING -> HANDING_OVER (ours drains) -> IDLE.
+
+Where each part lives: this module has the loop, the phase dispatch and the steps of start,
+steady state, crash restart and stop; the upgrade's steps are `upgrading.py` and the pod
+slots' `podslots.py` (both mixed into `Supervisor`, which owns the state); the mechanism they
+use is `generations.py` (processes, stand-ins, ending), `drainwatch.py`, `repair.py`,
+`adoption.py`, `xdsguard.py`; what crosses the control socket is `requests.py` and
+`snapshot.py`; how the loop sleeps and takes signals, `wakeup.py`.
 """
 
 from __future__ import annotations
@@ -35,34 +42,34 @@ import logging
 import os
 import signal
 import socket
-from pathlib import Path
 from typing import Any, assert_never
 
-from meshctl import cpu, errors, trust
+from meshctl import errors, trust
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.drain.connections import count_downstream
-from meshctl.drain.policy import DrainPolicy
 from meshctl.drain.window import DrainWindow, Verdict
 from meshctl.envoy.admin import AdminUnavailable
 from meshctl.envoy.hotrestart import HotRestartFiles
 from meshctl.exitcodes import ExitCode
-from meshctl.manager import adoption, handover, repair, requests, snapshot
+from meshctl.manager import adoption, repair, requests, snapshot
 from meshctl.manager.control import Command, ControlServer
 from meshctl.manager.drainwatch import DrainWatch
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.generations import Generations
 from meshctl.manager.health import HealthServer
-from meshctl.manager.initwatch import InitWatch, Restored
+from meshctl.manager.initwatch import InitWatch
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
-from meshctl.manager.pod import GenState, PodLedger, other_slot
-from meshctl.manager.process import become_subreaper, tail
+from meshctl.manager.pod import PodLedger, other_slot
+from meshctl.manager.podslots import PodSlotSteps
+from meshctl.manager.process import become_subreaper
 from meshctl.manager.restarts import CrashLoop
-from meshctl.manager.settings import InitPriority, SupervisorSettings
-from meshctl.manager.state import HISTORY_KEEP, StateDir
-from meshctl.manager.upgrade import Upgrade, init_scheduling
+from meshctl.manager.settings import SupervisorSettings
+from meshctl.manager.state import StateDir
+from meshctl.manager.upgrade import Upgrade
+from meshctl.manager.upgrading import last_log
 from meshctl.manager.wakeup import Wakeup
-from meshctl.manager.xdsguard import GateCheck, GateState, XdsGuard
+from meshctl.manager.xdsguard import XdsGuard
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ _SERVING_PHASES = frozenset({Phase.RUNNING, Phase.UPGRADING, Phase.DRAINING,
                              Phase.ROLLING_BACK, Phase.RECOVERING})
 
 
-class Supervisor:
+class Supervisor(PodSlotSteps):
     def __init__(self, settings: SupervisorSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
@@ -237,27 +244,6 @@ class Supervisor:
         self.ready_deadline = Deadline(self.clock, s.ready_timeout_s)
         self._save()
 
-    def _start_in_pod(self, binary: Path, config: Path) -> None:
-        """The other slot's generation is live: hot-restart from it (the image swap). Nothing
-        is live: a cold start, on the next epoch of the pod's ledger."""
-        assert self.ledger is not None
-        other = self.ledger.other_live()
-        if other is not None:
-            epoch = other[0] + 1
-            log.info("slot %s: hot restart from slot %s's epoch %d", self.settings.slot,
-                     other[1].get("slot"), other[0])
-            self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch)
-            return
-        known = [int(k) for k in self.ledger.read()["generations"]]
-        epoch = max(known) + 1 if known else 0
-        if epoch == 0:
-            self.files.remove_all()
-        else:
-            repair.clear_before_start(self.files, binary)
-            self.files.leave_dead_parent(epoch - 1)
-        self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch,
-                                no_parent_ok=epoch > 0)
-
     def _final_cleanup(self) -> None:
         """Whatever happened, leave no process and no file of ours behind."""
         for gen in self.gens.alive():
@@ -354,273 +340,6 @@ class Supervisor:
             return (f"upgrade {self.upgrade.id} (epoch {self.upgrade.from_epoch} -> "
                     f"{self.upgrade.to_epoch}) is in progress ({self.phase})")
         return f"the supervisor is {self.phase}"
-
-    # ----------------------------------------------------------------- upgrade
-
-    def _new_upgrade(self, old: Generation, to_epoch: int, binary: Path, config: Path,
-                     policy: DrainPolicy, reason: str, ready_timeout_s: float) -> Upgrade:
-        self._upgrade_counter += 1
-        upgrade = Upgrade(
-            id=f"u{self._upgrade_counter}", reason=reason, from_epoch=old.epoch,
-            to_epoch=to_epoch,
-            binary=binary, config=config, drain=policy, requested_wall=self.clock.wall(),
-            requested_mono=self.clock.monotonic(), from_pid=old.pid,
-            from_version=old.version, ready_timeout_s=ready_timeout_s,
-        )
-        self.upgrade = upgrade
-        return upgrade
-
-    def _begin_upgrade(self, binary: Path, config: Path, policy: DrainPolicy,
-                       reason: str, ready_timeout_s: float, *,
-                       listener_change_ok: bool = False) -> Upgrade:
-        old = self.live
-        assert old is not None
-        upgrade = self._new_upgrade(old, self.gens.next_epoch, binary, config, policy, reason,
-                                    ready_timeout_s)
-        self.phase = transition(self.phase, Phase.UPGRADING)
-        idle, upgrade.init_scheduling = init_scheduling(
-            self.settings.init_priority, cpu.can_restore(),
-            cpu.pressure() if self.settings.init_priority is InitPriority.AUTO else None)
-        upgrade.gate, gate_yaml = self.guard.prepare(old, config, self.gens.next_epoch,
-                                                     listener_change_ok=listener_change_ok)
-        new = self.gens.spawn(binary, config, policy, idle=idle, config_yaml=gate_yaml)
-        upgrade.to_pid = new.pid
-        upgrade.event(self.clock.monotonic(), "new_started")
-        self._end_init_watch()
-        if idle:
-            self.init_watch = InitWatch(new.process, new.epoch, self.clock).start()
-        self.ready_deadline = Deadline(self.clock, ready_timeout_s)
-        log.info("upgrade %s: epoch %d -> %d (%s)", upgrade.id, old.epoch, new.epoch, reason)
-        self._save()
-        return upgrade
-
-    def _step_upgrading(self) -> None:
-        upgrade = self.upgrade
-        assert upgrade is not None
-        new = self.gens.by_epoch[upgrade.to_epoch]
-        if not new.alive:
-            upgrade.error = (f"new generation {new.process.describe_exit()} before LIVE: "
-                             f"{_last_log(new)}")
-            self._begin_rollback(new)
-        elif self._gate_holds(upgrade.gate, new):
-            if self.ready_deadline is not None and self.ready_deadline.expired():
-                assert upgrade.gate is not None
-                upgrade.error = (f"new generation held short of LIVE for "
-                                 f"{upgrade.ready_timeout_s:g}s: {upgrade.gate.reason()}")
-                self._begin_rollback(new)
-        elif new.admin.is_ready():
-            self._handover(new)
-        elif self.ready_deadline is not None and self.ready_deadline.expired():
-            upgrade.error = (f"new generation not LIVE within {upgrade.ready_timeout_s:g}s: "
-                             f"{_last_log(new)}")
-            self._begin_rollback(new)
-
-    def _gate_holds(self, check: GateCheck | None, new: Generation) -> bool:
-        """Whether the xDS gate still holds `new` short of LIVE (after a look when due)."""
-        if check is None or check.state is not GateState.HELD:
-            return False
-        held = self.guard.step(check, new) is GateState.HELD
-        if not held and check.released_at is not None and self.upgrade is not None:
-            self.upgrade.event(check.released_at, "gate_released")
-        return held
-
-    def _handover(self, new: Generation) -> None:
-        """`new` is LIVE: it gets the traffic, the live one starts draining."""
-        upgrade = self.upgrade
-        assert upgrade is not None
-        restored = self._end_init_watch()
-        if restored is not None:
-            upgrade.event(restored.at_mono, "new_restored")
-        self._mark_live(new)
-        now = self.clock.monotonic()
-        if upgrade.recovery is None:
-            upgrade.live_after_s = round(now - upgrade.requested_mono, 3)
-            upgrade.to_version = new.version
-            upgrade.event(now, "new_live")
-        else:
-            upgrade.recovery = "recovered"
-            upgrade.event(now, "recovery_live")
-        old = self.live
-        assert old is not None
-        if old.alive:
-            old.role = Role.DRAINING
-        self.live = new
-        upgrade.window = DrainWindow(upgrade.drain, started_at=now)
-        upgrade.event(now, "drain_start")
-        self.phase = transition(self.phase, Phase.DRAINING)
-        self._save()
-
-    def _begin_rollback(self, failed: Generation) -> None:
-        upgrade = self.upgrade
-        assert upgrade is not None
-        upgrade.event(self.clock.monotonic(), "rollback")
-        self._end_init_watch()
-        log.error("upgrade %s: rolling back: %s", upgrade.id, upgrade.error)
-        self.phase = transition(self.phase, Phase.ROLLING_BACK)
-        self.gens.end(failed, self.settings.drain.stop_grace_s)
-        self._save()
-
-    def _step_rolling_back(self) -> None:
-        """The failed generation is being stopped; once it is gone, repair what it left."""
-        upgrade = self.upgrade
-        assert upgrade is not None
-        failed = self.gens.by_epoch[upgrade.to_epoch]
-        if failed.epoch in self.gens.stoppers:
-            self.gens.stoppers[failed.epoch].tick()
-        if failed.alive:
-            return
-        self.gens.stoppers.pop(failed.epoch, None)  # its epoch goes to the next generation
-        self._keep_failed_log(failed, upgrade)
-        # The next generation takes the failed one's epoch: Envoy finds its parent's socket
-        # by epoch - 1, and the live one is failed.epoch - 1.
-        self.gens.next_epoch = failed.epoch
-        old = self.live
-        if old is None or not old.alive:
-            self._crashed("the old generation exited during the rollback")
-            return
-        reason = repair.needs_recovery(self.files, old)
-        if reason is None:
-            upgrade.recovery = "not_needed"
-            self._finish_upgrade("rolled_back")
-            return
-        log.warning("upgrade %s: %s; recovering with a new generation on epoch %d's binary "
-                    "and config", upgrade.id, reason, old.epoch)
-        self.metrics.envoy_restarted("recovery")
-        upgrade.recovery = "in_progress"
-        upgrade.event(self.clock.monotonic(), "recovery_started")
-        # Gated like any generation with a parent: on an xDS config, a recovery started while
-        # the control plane is silent would otherwise go LIVE with no listener.
-        failed_gate = upgrade.gate
-        upgrade.gate, gate_yaml = self.guard.prepare(old, old.config, self.gens.next_epoch)
-        if failed_gate is not None and upgrade.gate is not None:
-            upgrade.gate.baseline = failed_gate.baseline  # read before the admin closed
-        self.gens.spawn(old.binary, old.config, upgrade.drain, config_yaml=gate_yaml)
-        # A gated recovery waits for the same control plane as the failed generation: it gets
-        # the upgrade's own ready timeout, so that a failed upgrade ends within twice that.
-        self.ready_deadline = Deadline(self.clock, upgrade.ready_timeout_s
-                                       if upgrade.gate is not None
-                                       else self.settings.ready_timeout_s)
-        self.phase = transition(self.phase, Phase.RECOVERING)
-        self._save()
-
-    def _step_recovering(self) -> None:
-        upgrade = self.upgrade
-        assert upgrade is not None
-        recovery = self.gens.by_epoch[upgrade.to_epoch]
-        if (recovery.alive and not self._gate_holds(upgrade.gate, recovery)
-                and recovery.admin.is_ready()):
-            self._handover(recovery)
-            return
-        if recovery.alive and not (self.ready_deadline and self.ready_deadline.expired()):
-            return
-        if recovery.alive:
-            self.gens.end(recovery, self.settings.drain.stop_grace_s)
-            self.gens.stoppers[recovery.epoch].tick()
-            return
-        upgrade.recovery = "failed"
-        self.gens.stoppers.pop(recovery.epoch, None)
-        self.gens.next_epoch = recovery.epoch
-        why = (upgrade.gate.reason() if upgrade.gate is not None
-               and upgrade.gate.state is GateState.HELD else _last_log(recovery))
-        upgrade.error = (f"{upgrade.error}; recovery failed too ({why}): "
-                         f"epoch {upgrade.from_epoch} serves without its admin API until the "
-                         f"next upgrade")
-        if self.live is not None:
-            with contextlib.suppress(errors.MeshctlError):
-                repair.clear_flag(self.files.shared_memory, repair.hot_restart_version(self.live))
-        self._finish_upgrade("rolled_back")
-
-    def _keep_failed_log(self, failed: Generation, upgrade: Upgrade) -> None:
-        """The failed generation's log outlives the reuse of its epoch number."""
-        kept = failed.log_path.with_name(f"envoy-{failed.epoch}.{upgrade.id}-failed.log")
-        with contextlib.suppress(OSError):
-            failed.log_path.rename(kept)
-            failed.log_path = kept
-
-    def _step_draining(self) -> None:
-        upgrade = self.upgrade
-        assert upgrade is not None and upgrade.window is not None
-        old = self.gens.by_epoch[upgrade.from_epoch]
-        now = self.clock.monotonic()
-        if self.live is not None and not self.live.alive:
-            self._crashed(f"epoch {self.live.epoch} {self.live.process.describe_exit()} while "
-                          f"the old generation was draining: {_last_log(self.live)}")
-            return
-        if not old.alive:
-            if upgrade.drain_end is None:
-                upgrade.drain_end = "envoy" if old.process.exit_status == 0 else "exited"
-            upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
-            upgrade.event(now, "old_exited")
-            self._finish_upgrade("rolled_back" if upgrade.recovery else "succeeded")
-            return
-        self._drain_old(upgrade, old, now)
-
-    def _drain_old(self, upgrade: Upgrade, old: Generation, now: float) -> None:
-        """The old generation of an upgrade or a pod handover drains: end it when its window
-        says so (idle, or the deadline with the connections left counted as forced closes)."""
-        assert upgrade.window is not None
-        if old.epoch in self.gens.stoppers:
-            self.gens.stoppers[old.epoch].tick()
-            return
-        verdict = self.drain_watch.look(upgrade.window, old, now)
-        upgrade.connections = old.connections
-        if verdict is None or verdict is Verdict.WAIT:
-            return
-        upgrade.drain_end = verdict.value
-        if verdict is Verdict.DEADLINE:
-            upgrade.forced_closes = old.connections or 0
-        upgrade.event(now, f"drain_end_{verdict.value}")
-        log.info("upgrade %s: drain window ends (%s) after %.1fs, %s connection(s) left",
-                 upgrade.id, verdict.value, upgrade.window.elapsed(now), old.connections)
-        self.gens.end(old, upgrade.drain.stop_grace_s)
-
-    def _finish_upgrade(self, result: str, then: Phase | None = Phase.RUNNING) -> None:
-        """The one end of every upgrade: its record into the history and the metrics, then
-        the phase `then` (RUNNING; IDLE for a slot that handed over; None: the caller moves
-        on, as a crash or a stop does)."""
-        upgrade = self.upgrade
-        assert upgrade is not None
-        now = self.clock.monotonic()
-        upgrade.result = result
-        upgrade.total_s = round(now - upgrade.requested_mono, 3)
-        upgrade.event(now, result)
-        record = upgrade.to_json(now)
-        self.history.append(record)
-        self.history = self.history[-HISTORY_KEEP:]
-        self.metrics.upgrade_finished(record)
-        if result == "succeeded":
-            log.info("upgrade %s succeeded in %.2fs: epoch %d live, version %s", upgrade.id,
-                     upgrade.total_s, upgrade.to_epoch, upgrade.to_version)
-        else:
-            log.error("upgrade %s %s: %s (recovery: %s)", upgrade.id, result, upgrade.error,
-                      upgrade.recovery)
-        self.upgrade = None
-        self.gens.drop_done_stoppers()
-        if then is None:
-            return
-        if self.live is not None and self.live.xds_driven and self.live.alive:
-            self.guard.observe(self.live, force=True)  # the status the waiting CLI reads
-        if self.phase is not Phase.STOPPING:
-            self.phase = transition(self.phase, then)
-        self._save()
-
-    def _end_init_watch(self) -> Restored | None:
-        """Stops the watch of an idle init, if any: when it restored the generation."""
-        watch, self.init_watch = self.init_watch, None
-        if watch is None:
-            return None
-        watch.stop()
-        return watch.restored
-
-    def _mark_live(self, gen: Generation) -> None:
-        self.gens.went_live(gen)
-        if gen.xds_driven:  # what LDS, RDS, CDS and EDS gave it, and its listener ports
-            self.guard.went_live(gen, self.upgrade.gate if self.upgrade is not None else None)
-        self.metrics.set_live(gen.epoch, gen.version)
-        if self.ledger is not None:
-            self.ledger.record(gen.epoch, GenState.LIVE, pid=gen.pid, version=gen.version)
-        log.info("epoch %d: LIVE (version %s, listener ports %s)", gen.epoch, gen.version,
-                 sorted(gen.listener_ports))
 
     # ----------------------------------------------------------------- crashes
 
@@ -750,7 +469,7 @@ class Supervisor:
         gen = self.live
         assert gen is not None
         if not gen.alive:
-            message = f"Envoy {gen.process.describe_exit()} during start: {_last_log(gen)}"
+            message = f"Envoy {gen.process.describe_exit()} during start: {last_log(gen)}"
         elif gen.admin.is_ready():
             self._mark_live(gen)
             self.restarting = False
@@ -759,7 +478,7 @@ class Supervisor:
             return
         elif self.ready_deadline is not None and self.ready_deadline.expired():
             message = f"Envoy not LIVE within {self.settings.ready_timeout_s:g}s: " \
-                      f"{_last_log(gen)}"
+                      f"{last_log(gen)}"
         else:
             return
         if self.restarting:
@@ -774,7 +493,7 @@ class Supervisor:
         assert live is not None
         if not live.alive:
             self._crashed(f"Envoy epoch {live.epoch} {live.process.describe_exit()}: "
-                          f"{_last_log(live)}")
+                          f"{last_log(live)}")
             return
         now = self.clock.monotonic()
         if self.ledger is not None and now - self._pod_checked >= _POD_CHECK_S:
@@ -787,67 +506,6 @@ class Supervisor:
         if now - self._last_sample >= _CONNECTION_SAMPLE_S:
             self._last_sample = now
             live.connections = count_downstream(live.pid, live.listener_ports)
-
-    # ----------------------------------------------------------------- pod slots
-
-    def _check_pod(self, live: Generation) -> None:
-        """What the other slot did: took over from us, failed and wedged us, or ended our
-        parent (whose socket we then answer on); decided in `meshctl.manager.handover`."""
-        assert self.ledger is not None
-        news = handover.read_news(
-            live.epoch, self.ledger.newer(live.epoch), self.ledger.state_of(live.epoch - 1),
-            ours=self.gens.by_epoch, answered=self.gens.stand_ins,
-            handled_failures=self._handled_failures)
-        if news.answer_parent:
-            self.gens.bind_stand_in_for(live.epoch - 1)
-        if news.epoch is None:
-            return
-        slot = news.entry.get("slot")
-        if news.action is handover.PodAction.DRAIN:
-            self._begin_handover(live, news.epoch, dict(news.entry))
-        elif news.action is handover.PodAction.CHECK_REPAIR:
-            self._handled_failures.add(news.epoch)
-            reason = repair.needs_recovery(self.files, live)
-            if reason is not None:
-                log.warning("slot %s's epoch %d failed: %s; recovering", slot, news.epoch,
-                            reason)
-                self.metrics.envoy_restarted("recovery")
-                self.gens.next_epoch = news.epoch
-                self._begin_upgrade(live.binary, live.config, self.settings.drain,
-                                    f"recovery after slot {slot} failed",
-                                    self.settings.ready_timeout_s)
-
-    def _begin_handover(self, live: Generation, epoch: int, entry: dict[str, Any]) -> None:
-        upgrade = self._new_upgrade(live, epoch, Path(str(entry.get("binary", "?"))),
-                                    live.config, self.settings.drain,
-                                    f"slot {entry.get('slot')} took over",
-                                    self.settings.ready_timeout_s)
-        upgrade.to_pid = entry.get("pid")
-        upgrade.to_version = entry.get("version")
-        now = self.clock.monotonic()
-        upgrade.window = DrainWindow(upgrade.drain, started_at=now)
-        upgrade.event(now, "drain_start")
-        live.role = Role.DRAINING
-        assert self.ledger is not None
-        self.ledger.record(live.epoch, GenState.DRAINING)
-        log.info("slot %s took over with epoch %d: epoch %d drains", entry.get("slot"), epoch,
-                 live.epoch)
-        self.phase = transition(self.phase, Phase.HANDING_OVER)
-        self._save()
-
-    def _step_handing_over(self) -> None:
-        upgrade, old = self.upgrade, self.live
-        assert upgrade is not None and upgrade.window is not None and old is not None
-        now = self.clock.monotonic()
-        if not old.alive:
-            upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
-            upgrade.drain_end = upgrade.drain_end or "exited"
-            upgrade.event(now, "old_exited")
-            self.live = None
-            log.info("handed over: idle until this container is switched to standby")
-            self._finish_upgrade("succeeded", then=Phase.IDLE)
-            return
-        self._drain_old(upgrade, old, now)
 
     def _fail(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
         log.error("%s", message)
@@ -912,8 +570,3 @@ class Supervisor:
                                  "upgrade_counter": self._upgrade_counter}
         self.state.save(state)
         self._snapshot = status
-
-
-def _last_log(gen: Generation) -> str:
-    lines = tail(gen.log_path, lines=3)
-    return " | ".join(lines) if lines else "(no log output)"

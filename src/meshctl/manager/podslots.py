@@ -1,0 +1,107 @@
+"""The pod-slot steps: a slot's supervisor starting from the other slot's Envoy, and handing
+its own over (HANDING_OVER, then IDLE).
+
+Two proxy slots share a pod (`meshctl.manager.pod`): the standby slot's supervisor starts the
+next generation, which hot-restarts from the live slot's; the live slot sees it in the pod
+ledger (`handover.read_news`, a pure decision) and drains. Mixed into `Supervisor` like the
+upgrade steps it builds on (`meshctl.manager.upgrading`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from meshctl.drain.window import DrainWindow
+from meshctl.manager import handover, repair
+from meshctl.manager.generation import Generation, Role
+from meshctl.manager.phase import Phase, transition
+from meshctl.manager.pod import GenState
+from meshctl.manager.upgrading import UpgradeSteps
+
+log = logging.getLogger("meshctl.manager.supervisor")
+
+
+class PodSlotSteps(UpgradeSteps):
+    _handled_failures: set[int]
+
+    def _start_in_pod(self, binary: Path, config: Path) -> None:
+        """The other slot's generation is live: hot-restart from it (the image swap). Nothing
+        is live: a cold start, on the next epoch of the pod's ledger."""
+        assert self.ledger is not None
+        other = self.ledger.other_live()
+        if other is not None:
+            epoch = other[0] + 1
+            log.info("slot %s: hot restart from slot %s's epoch %d", self.settings.slot,
+                     other[1].get("slot"), other[0])
+            self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch)
+            return
+        known = [int(k) for k in self.ledger.read()["generations"]]
+        epoch = max(known) + 1 if known else 0
+        if epoch == 0:
+            self.files.remove_all()
+        else:
+            repair.clear_before_start(self.files, binary)
+            self.files.leave_dead_parent(epoch - 1)
+        self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch,
+                                no_parent_ok=epoch > 0)
+
+    def _check_pod(self, live: Generation) -> None:
+        """What the other slot did: took over from us, failed and wedged us, or ended our
+        parent (whose socket we then answer on); decided in `meshctl.manager.handover`."""
+        assert self.ledger is not None
+        news = handover.read_news(
+            live.epoch, self.ledger.newer(live.epoch), self.ledger.state_of(live.epoch - 1),
+            ours=self.gens.by_epoch, answered=self.gens.stand_ins,
+            handled_failures=self._handled_failures)
+        if news.answer_parent:
+            self.gens.bind_stand_in_for(live.epoch - 1)
+        if news.epoch is None:
+            return
+        slot = news.entry.get("slot")
+        if news.action is handover.PodAction.DRAIN:
+            self._begin_handover(live, news.epoch, dict(news.entry))
+        elif news.action is handover.PodAction.CHECK_REPAIR:
+            self._handled_failures.add(news.epoch)
+            reason = repair.needs_recovery(self.files, live)
+            if reason is not None:
+                log.warning("slot %s's epoch %d failed: %s; recovering", slot, news.epoch,
+                            reason)
+                self.metrics.envoy_restarted("recovery")
+                self.gens.next_epoch = news.epoch
+                self._begin_upgrade(live.binary, live.config, self.settings.drain,
+                                    f"recovery after slot {slot} failed",
+                                    self.settings.ready_timeout_s)
+
+    def _begin_handover(self, live: Generation, epoch: int, entry: dict[str, Any]) -> None:
+        upgrade = self._new_upgrade(live, epoch, Path(str(entry.get("binary", "?"))),
+                                    live.config, self.settings.drain,
+                                    f"slot {entry.get('slot')} took over",
+                                    self.settings.ready_timeout_s)
+        upgrade.to_pid = entry.get("pid")
+        upgrade.to_version = entry.get("version")
+        now = self.clock.monotonic()
+        upgrade.window = DrainWindow(upgrade.drain, started_at=now)
+        upgrade.event(now, "drain_start")
+        live.role = Role.DRAINING
+        assert self.ledger is not None
+        self.ledger.record(live.epoch, GenState.DRAINING)
+        log.info("slot %s took over with epoch %d: epoch %d drains", entry.get("slot"), epoch,
+                 live.epoch)
+        self.phase = transition(self.phase, Phase.HANDING_OVER)
+        self._save()
+
+    def _step_handing_over(self) -> None:
+        upgrade, old = self.upgrade, self.live
+        assert upgrade is not None and upgrade.window is not None and old is not None
+        now = self.clock.monotonic()
+        if not old.alive:
+            upgrade.drain_s = round(upgrade.window.elapsed(now), 3)
+            upgrade.drain_end = upgrade.drain_end or "exited"
+            upgrade.event(now, "old_exited")
+            self.live = None
+            log.info("handed over: idle until this container is switched to standby")
+            self._finish_upgrade("succeeded", then=Phase.IDLE)
+            return
+        self._drain_old(upgrade, old, now)
