@@ -46,7 +46,7 @@ from kubernetes import client as k8s  # noqa: E402
 from kubesim.apiserver import LeanApiServer  # noqa: E402
 from kubesim.kubelet import FakeImage, FakeKubelet, FakeRuntime  # noqa: E402
 
-from meshctl.images.inject import InjectOptions, inject_object  # noqa: E402
+from meshctl.podswap.inject import InjectOptions, inject_object  # noqa: E402
 
 NAMESPACE = "shop"
 PROXY_OLD = "registry.example/meshctl/proxy:1.39.3"

@@ -16,7 +16,7 @@ from kubesim.kubelet import FakeImage, FakeKubelet, FakeRuntime
 from typer.testing import CliRunner, Result
 
 from meshctl.cli.app import app
-from meshctl.images.inject import InjectOptions, inject_object
+from meshctl.podswap.inject import InjectOptions, inject_object
 
 NAMESPACE = "shop"
 POD = "web-0"

@@ -1,4 +1,4 @@
-"""`meshctl.images.kube`, the one module that talks to Kubernetes, against kmock over real
+"""`meshctl.kube`, the one package that talks to Kubernetes, against kmock over real
 HTTP: deadlines around watches, the request count, retries, and the error mapping."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client as k8s
 from kubesim.apiserver import ApiServer, Fault
 
+from meshctl import kube
 from meshctl.clock import Deadline, SystemClock
 from meshctl.exitcodes import ExitCode
-from meshctl.images import kube
 from tests.k8s.conftest import NAMESPACE, POD, from_meshctl
 
 FAST = kube.KubeSettings(attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05,
@@ -74,7 +75,7 @@ def test_a_failed_patch_test_is_a_conflict(client: kube.Kube, running_pod: dict[
         client.patch_pod(NAMESPACE, POD, [
             {"op": "test", "path": "/spec/containers/0/image", "value": "something:else"}])
     assert caught.value.exit_code == ExitCode.BUSY
-    assert isinstance(caught.value.__cause__, kube.k8s.ApiException)
+    assert isinstance(caught.value.__cause__, k8s.ApiException)
 
 
 @pytest.mark.parametrize(("status", "error", "message"), [

@@ -21,7 +21,7 @@ from kubesim.apiserver import ApiServer, Fault, LeanApiServer
 from kubesim.kubelet import FakeImage, FakeKubelet
 from typer.testing import Result
 
-from meshctl.images.kube_fleet import FleetKube
+from meshctl.kube import FleetKube
 from tests.k8s.conftest import (
     IMAGES,
     NAMESPACE,

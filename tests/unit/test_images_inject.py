@@ -1,4 +1,4 @@
-"""`meshctl inject` (`meshctl.images.inject`): manifests in, the two proxy slots added."""
+"""`meshctl inject` (`meshctl.podswap.inject`): manifests in, the two proxy slots added."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from meshctl import errors
 from meshctl.cli.app import app
 from meshctl.exitcodes import ExitCode
-from meshctl.images.inject import InjectOptions, inject_manifest, inject_object
+from meshctl.podswap.inject import InjectOptions, inject_manifest, inject_object
 
 PROXY = "registry.example/meshctl/proxy:1.40.0"
 STANDBY = "ghcr.io/meshctl/standby:0.1.0"

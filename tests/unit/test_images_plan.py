@@ -1,4 +1,4 @@
-"""The swap plan (`meshctl.images.plan`): pods in as dicts, pre-flight, patches, progress."""
+"""The swap plan (`meshctl.podswap.plan`): pods in as dicts, pre-flight, patches, progress."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import jsonpatch
 import pytest
 
 from meshctl import errors
-from meshctl.images import plan
-from meshctl.images.inject import InjectOptions, inject_object
-from meshctl.images.plan import Outcome
+from meshctl.podswap import plan
+from meshctl.podswap.inject import InjectOptions, inject_object
+from meshctl.podswap.plan import Outcome
 
 OLD = "registry.example/meshctl/proxy:1.39.3"
 NEW = "registry.example/meshctl/proxy:1.40.0"

@@ -1,11 +1,11 @@
-"""Image references (`meshctl.images.reference`): the docker reference grammar."""
+"""Image references (`meshctl.podswap.reference`): the docker reference grammar."""
 
 from __future__ import annotations
 
 import pytest
 
 from meshctl import errors
-from meshctl.images import reference
+from meshctl.podswap import reference
 
 DIGEST = "sha256:" + "a" * 64
 

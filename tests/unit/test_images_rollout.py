@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from meshctl import errors
-from meshctl.images import kube
-from meshctl.images import rollout_plan as rp
-from meshctl.images import selector as selectors
-from meshctl.images.rollout_state import (
+from meshctl import errors, kube
+from meshctl.rollout import plan as rp
+from meshctl.rollout import selector as selectors
+from meshctl.rollout.record import (
     ROLLOUT,
     IllegalTransition,
     PodPhase,

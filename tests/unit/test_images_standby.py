@@ -1,4 +1,4 @@
-"""`meshctl standby` (`meshctl.images.standby`): a real process, probed over real HTTP like the
+"""`meshctl standby` (`meshctl.podswap.standby`): a real process, probed over real HTTP like the
 kubelet would, stopped with SIGTERM like the kubelet would."""
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ import typer
 
 from meshctl import errors
 from meshctl.cli import output
-from meshctl.images import layout
+from meshctl.podswap import layout
 
 
 class SlotName(enum.StrEnum):
-    """A pod's proxy slot (`meshctl.images.layout.SLOTS`), as `--slot` takes it."""
+    """A pod's proxy slot (`meshctl.podswap.layout.SLOTS`), as `--slot` takes it."""
 
     A = "a"
     B = "b"
@@ -52,7 +52,7 @@ def inject(
     unchanged, and an object that already has the slots is refused unless --replace.
 
     The whole manifest is held in memory: a List of 10,000 pods takes ~25 s and ~0.9 GB."""
-    from meshctl.images.inject import InjectOptions, inject_manifest  # noqa: PLC0415
+    from meshctl.podswap.inject import InjectOptions, inject_manifest  # noqa: PLC0415
 
     text = _read_manifest(filename)
     result = inject_manifest(
@@ -80,8 +80,8 @@ def standby(
     """Stand by in a proxy slot: serve the health port, exit 0 on SIGTERM.
 
     The standby image's ENTRYPOINT; any other argument (those of `meshctl run`) is ignored."""
-    from meshctl.images.standby import run_standby  # noqa: PLC0415
     from meshctl.manager.runner import parse_health_address  # noqa: PLC0415
+    from meshctl.podswap.standby import run_standby  # noqa: PLC0415
 
     del ctx, state_dir  # the slot contract passes them; a standby slot has no use for them
     code = run_standby(slot, parse_health_address(health),
@@ -101,7 +101,8 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
                               "brings both")
     if timeout_s <= 0:
         raise errors.BadInput("--timeout must be positive")
-    from meshctl.images import kube, reference, swap  # noqa: PLC0415
+    from meshctl import kube  # noqa: PLC0415
+    from meshctl.podswap import reference, swap  # noqa: PLC0415
 
     reference.parse(image)
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"), context=context) as api:

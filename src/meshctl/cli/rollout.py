@@ -1,5 +1,5 @@
 """`meshctl rollout` and `meshctl rollout status`: the fleet rollout's command line. Thin: it
-parses options, calls `meshctl.images.rollout`, and renders progress and the summary.
+parses options, calls `meshctl.rollout.run`, and renders progress and the summary.
 
 Progress: a bar on a terminal; JSON lines (one event each) on stderr otherwise, or with
 `--output json`. The summary goes to stdout: a table, or one JSON document.
@@ -31,10 +31,10 @@ from meshctl import errors
 from meshctl.cli import output
 from meshctl.cli.boundary import error_boundary, usage_line
 from meshctl.cli.bounds import DAY_S, Bound
-from meshctl.images.rollout_plan import EventPolicy, RolloutExit
+from meshctl.rollout.plan import EventPolicy, RolloutExit
 
 if TYPE_CHECKING:
-    from meshctl.images.rollout import RolloutReport, StopFlag
+    from meshctl.rollout.run import RolloutReport, StopFlag
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -166,10 +166,12 @@ def rollout(
                               "(see --help)")
     if all_namespaces and namespace is not None:
         raise errors.BadInput("give either --namespace or --all-namespaces, not both")
-    from meshctl.images import kube, reference, rollout_plan  # noqa: PLC0415
-    from meshctl.images import selector as selectors  # noqa: PLC0415
-    from meshctl.images.kube_fleet import FleetKube  # noqa: PLC0415
-    from meshctl.images.rollout import StopFlag, run_rollout  # noqa: PLC0415
+    from meshctl import kube  # noqa: PLC0415
+    from meshctl.kube import FleetKube  # noqa: PLC0415
+    from meshctl.podswap import reference  # noqa: PLC0415
+    from meshctl.rollout import plan as rollout_plan  # noqa: PLC0415
+    from meshctl.rollout import selector as selectors  # noqa: PLC0415
+    from meshctl.rollout.run import StopFlag, run_rollout  # noqa: PLC0415
 
     parsed = selectors.parse(selector)
     reference.parse(image)  # refused here, before any connection
@@ -210,10 +212,10 @@ def status(
     image each pod's active slot runs. Exit 0, or 3 when refused."""
     if all_namespaces and namespace is not None:
         raise errors.BadInput("give either --namespace or --all-namespaces, not both")
-    from meshctl.images import kube  # noqa: PLC0415
-    from meshctl.images import selector as selectors  # noqa: PLC0415
-    from meshctl.images.kube_fleet import FleetKube  # noqa: PLC0415
-    from meshctl.images.rollout import rollout_status  # noqa: PLC0415
+    from meshctl import kube  # noqa: PLC0415
+    from meshctl.kube import FleetKube  # noqa: PLC0415
+    from meshctl.rollout import selector as selectors  # noqa: PLC0415
+    from meshctl.rollout.run import rollout_status  # noqa: PLC0415
 
     parsed = selectors.parse(selector) if selector is not None else None
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"),

@@ -5,7 +5,7 @@ failures to meshctl's own errors.
 Every call counts as API requests (each attempt and each watch connection), is retried with
 exponential backoff on 429, 5xx and connection errors (tenacity), and ends as data or as a
 `KubeError` raised `from` the client's exception. Objects are plain dicts, as the API sends
-them: `meshctl.images.plan` reads them without knowing the client's model classes.
+them: `meshctl.podswap.plan` reads them without knowing the client's model classes.
 
 A watch never outlives its deadline: each connection asks the server to end it in time
 (`timeoutSeconds`) and also bounds the socket reads (`_request_timeout`), since not every

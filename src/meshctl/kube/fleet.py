@@ -1,5 +1,5 @@
 """What a fleet rollout needs of Kubernetes beyond one pod: list the pods of a label selector
-(paged) and follow all of them with one watch. An extension of `meshctl.images.kube.Kube`
+(paged) and follow all of them with one watch. An extension of `meshctl.kube.Kube`
 (same connection, retries, request count and error mapping); like it, it never imports
 `kubernetes` itself: the calls go through the client that `kube` built.
 
@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Self
 
-from meshctl.images.kube import (
+from meshctl.kube.client import (
     Kube,
     KubeError,
     _Call,

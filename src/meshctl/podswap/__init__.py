@@ -5,7 +5,7 @@ restart across the two containers, the old slot returned to standby.
   reference  image references: validation and comparison (pure)
   inject     `meshctl inject`: manifests in, the two slots added (pure)
   plan       which slot is live, pre-flight, progress, the JSON patches (pure)
-  kube       the only module that talks to Kubernetes; API errors as meshctl errors
-  swap       `meshctl upgrade --pod`: the steps, the Events, the rollback
+  swap       `meshctl upgrade --pod`: the steps, the Events, the rollback (Kubernetes through
+             `meshctl.kube`)
   standby    `meshctl standby`: what a slot runs while it stands by
 """

@@ -1,7 +1,7 @@
 """`meshctl inject`: add the two proxy slots to workload manifests (like `istioctl kube-inject`).
 
 Pure: YAML text in, YAML text out. Pods, Deployments, StatefulSets and DaemonSets (also inside a
-`List`) get the layout of `meshctl.images.layout`: slot a runs the proxy image and is active,
+`List`) get the layout of `meshctl.podswap.layout`: slot a runs the proxy image and is active,
 slot b runs the standby image; both share the `meshctl-state` emptyDir. Every other document
 passes through unchanged.
 
@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from meshctl import errors
-from meshctl.images import layout, reference
-from meshctl.images.layout import Slot
+from meshctl.podswap import layout, reference
+from meshctl.podswap.layout import Slot
 
 WORKLOAD_KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet")
 SLOT_NAMES = tuple(layout.container_name(s) for s in layout.SLOTS)

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from meshctl import errors
-from meshctl.images import layout, reference
-from meshctl.images.layout import Slot
+from meshctl.podswap import layout, reference
+from meshctl.podswap.layout import Slot
 
 JsonPatch = list[dict[str, Any]]
 

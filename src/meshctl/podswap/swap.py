@@ -9,7 +9,7 @@ Every step is an Event on the pod, a line of progress and an entry of the result
 the new slot is not ready within the timeout (or fails for good, or the user interrupts),
 the new slot is set back to the standby image and the old slot keeps serving.
 
-Decisions are made by `meshctl.images.plan` (pure); the API calls by `meshctl.images.kube`.
+Decisions are made by `meshctl.podswap.plan` (pure); the API calls by `meshctl.kube`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.errors import MeshctlError
 from meshctl.exitcodes import ExitCode
-from meshctl.images import layout, plan
-from meshctl.images.kube import Conflict, Kube, KubeError, NotFound
-from meshctl.images.plan import Outcome, Progress, SwapPlan
+from meshctl.kube import Conflict, Kube, KubeError, NotFound
+from meshctl.podswap import layout, plan
+from meshctl.podswap.plan import Outcome, Progress, SwapPlan
 
 Report = Callable[[str], None]
 """Takes one line of progress (the CLI prints it on stderr)."""

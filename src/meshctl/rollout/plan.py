@@ -2,9 +2,9 @@
 why, the batches (a canary first, then N at a time), the JSON patches of each pod, what to do
 when a pod changes, when to stop, and the exit code.
 
-Pure: pods in as plain dicts, decisions out. The per-pod swap reuses `meshctl.images.plan`
+Pure: pods in as plain dicts, decisions out. The per-pod swap reuses `meshctl.podswap.plan`
 (pre-flight, progress, the image patches with their `test` guards) and adds to each of its
-patches the rollout's record (`meshctl.images.rollout_state`), so that one request changes
+patches the rollout's record (`meshctl.rollout.record`), so that one request changes
 the images and the state together.
 """
 
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl import errors
-from meshctl.images import layout, plan, reference
-from meshctl.images.plan import JsonPatch, Outcome, SwapPlan
-from meshctl.images.rollout_state import (
+from meshctl.podswap import layout, plan, reference
+from meshctl.podswap.plan import JsonPatch, Outcome, SwapPlan
+from meshctl.rollout.record import (
     ROLLOUT,
     PodPhase,
     RolloutRecord,
     decode,
     rollout_id,
 )
-from meshctl.images.selector import Selector
+from meshctl.rollout.selector import Selector
 
 PodKey = tuple[str, str]
 """(namespace, name)."""
@@ -265,7 +265,7 @@ def label(key: PodKey) -> str:
 
 
 def matches(pod: Mapping[str, Any], spec: RolloutSpec) -> bool:
-    """The selector and the namespace, checked on our side (see `meshctl.images.selector`)."""
+    """The selector and the namespace, checked on our side (see `meshctl.rollout.selector`)."""
     metadata = pod.get("metadata") or {}
     if spec.namespace is not None and metadata.get("namespace") != spec.namespace:
         return False

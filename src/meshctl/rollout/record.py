@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from meshctl.images import layout
-from meshctl.images.layout import Slot
+from meshctl.podswap import layout
+from meshctl.podswap.layout import Slot
 
 ROLLOUT: str = "meshctl.io/rollout"
 """The annotation holding a pod's rollout record (compact JSON)."""

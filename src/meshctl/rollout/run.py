@@ -1,6 +1,6 @@
 """`meshctl rollout`: the proxy image of every pod of a label selector, upgraded in place, in
 batches. Where the fleet is driven; each pod's swap is the in-pod swap of
-`meshctl.images.swap`, done here in fewer requests:
+`meshctl.podswap.swap`, done here in fewer requests:
 
     list the selector's pods (one request per 500) -> select and plan (rollout_plan) ->
     one watch on the selector -> batch by batch:
@@ -21,7 +21,7 @@ signal. At the deadline or on
 a signal, pods whose new slot is not ready yet are set back (`interrupted`: a later run
 starts them again); pods already handing over finish on their own.
 
-The state lives in the pods (`meshctl.images.rollout_state`): running the same command again
+The state lives in the pods (`meshctl.rollout.record`): running the same command again
 continues where the last run stopped, whatever stopped it.
 """
 
@@ -38,12 +38,20 @@ from typing import Any, TypeVar
 
 from meshctl import errors
 from meshctl.clock import Clock, Deadline, SystemClock
-from meshctl.images import plan
-from meshctl.images import rollout_plan as rp
-from meshctl.images.kube import Conflict, Forbidden, KubeError, NotFound
-from meshctl.images.kube_fleet import FleetKube, PodEvent, PodWatch, WatchExpired
-from meshctl.images.plan import SwapPlan
-from meshctl.images.rollout_plan import (
+from meshctl.kube import (
+    Conflict,
+    FleetKube,
+    Forbidden,
+    KubeError,
+    NotFound,
+    PodEvent,
+    PodWatch,
+    WatchExpired,
+)
+from meshctl.podswap import plan
+from meshctl.podswap.plan import SwapPlan
+from meshctl.rollout import plan as rp
+from meshctl.rollout.plan import (
     Action,
     Batch,
     BatchKind,
@@ -54,14 +62,14 @@ from meshctl.images.rollout_plan import (
     RolloutSpec,
     StopRule,
 )
-from meshctl.images.rollout_state import (
+from meshctl.rollout.record import (
     FAILURES,
     PodPhase,
     RolloutRecord,
     decode,
     transition,
 )
-from meshctl.images.selector import Selector
+from meshctl.rollout.selector import Selector
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,10 @@
+"""The fleet rollout: one image to every pod of a label selector, in batches, with canaries,
+a failure budget and a record on each pod, resumable by running the same command again.
+
+  selector   label selectors: parsed, canonical, matched (pure)
+  record     the per-pod record (`meshctl.io/rollout`) and each pod's phase in a run (pure)
+  plan       the rollout's pure decisions: eligibility, batches, patches, the summary
+  run        `meshctl rollout` and `rollout status`: the list, the watch, the loop
+
+Importing this package stays cheap: only `run` talks to Kubernetes (through `meshctl.kube`).
+"""
