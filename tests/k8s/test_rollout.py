@@ -21,7 +21,7 @@ from kubesim.apiserver import ApiServer, Fault, LeanApiServer
 from kubesim.kubelet import FakeImage, FakeKubelet
 from typer.testing import Result
 
-from meshctl.kube import FleetKube
+from meshctl.kube import Kube
 from tests.k8s.conftest import (
     IMAGES,
     NAMESPACE,
@@ -206,7 +206,7 @@ def test_a_watch_closed_while_events_stream_in_stops_its_reader_without_an_error
     configuration = k8s.Configuration()
     configuration.host = api.url
     try:
-        with FleetKube(k8s.ApiClient(configuration)) as fleet_kube:
+        with Kube(k8s.ApiClient(configuration)) as fleet_kube:
             for _ in range(40):
                 watch = fleet_kube.watch_pods(NAMESPACE, SELECTOR, None, timeout_s=60)
                 assert watch.next(5.0) is not None  # the stream is live

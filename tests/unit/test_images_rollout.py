@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from meshctl import errors, kube
+from meshctl import errors
+from meshctl.kube.config import ThrottledRefresh
 from meshctl.rollout import plan as rp
 from meshctl.rollout import selector as selectors
 from meshctl.rollout.record import (
@@ -181,14 +182,14 @@ def test_the_credential_refresh_hook_runs_at_most_once_per_period_and_stays_thro
         configuration.refresh_api_key_hook = functools.partial(loader_hook)
 
     configuration = Configuration()
-    throttled = kube._Throttled(loader_hook, every_s=3600)
+    throttled = ThrottledRefresh(loader_hook, every_s=3600)
     configuration.refresh_api_key_hook = throttled
     for _ in range(5):
         configuration.refresh_api_key_hook(configuration)
     assert calls == ["refresh"]
     assert configuration.refresh_api_key_hook is throttled
 
-    always = kube._Throttled(loader_hook, every_s=0)
+    always = ThrottledRefresh(loader_hook, every_s=0)
     always(configuration)
     always(configuration)
     assert calls == ["refresh"] * 3

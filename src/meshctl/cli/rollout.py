@@ -167,7 +167,6 @@ def rollout(
     if all_namespaces and namespace is not None:
         raise errors.BadInput("give either --namespace or --all-namespaces, not both")
     from meshctl import kube  # noqa: PLC0415
-    from meshctl.kube import FleetKube  # noqa: PLC0415
     from meshctl.podswap import reference  # noqa: PLC0415
     from meshctl.rollout import plan as rollout_plan  # noqa: PLC0415
     from meshctl.rollout import selector as selectors  # noqa: PLC0415
@@ -185,7 +184,6 @@ def rollout(
             image=image, selector=parsed, namespace=scope, max_parallel=max_parallel,
             canary=canary, max_failures=max_failures, pause_after_canary=pause_after_canary,
             retry_failed=retry_failed)
-        fleet = FleetKube.adopt(connection)
         # The ~10^5 objects of the imports (the client's models) live as long as the process:
         # out of the collector's way, so that a full collection walks only the rollout's own.
         gc.freeze()
@@ -193,7 +191,7 @@ def rollout(
         # response (JSON): the default threshold (700) ran a young collection every few events.
         gc.set_threshold(50_000, 20, 20)
         with _progress(out) as emit, _signals_recorded(stop):
-            report = run_rollout(fleet, spec, settings, dry_run=dry_run, emit=emit, stop=stop)
+            report = run_rollout(connection, spec, settings, dry_run=dry_run, emit=emit, stop=stop)
     _print_report(report, out)
     raise typer.Exit(int(report.exit_code))
 
@@ -213,7 +211,6 @@ def status(
     if all_namespaces and namespace is not None:
         raise errors.BadInput("give either --namespace or --all-namespaces, not both")
     from meshctl import kube  # noqa: PLC0415
-    from meshctl.kube import FleetKube  # noqa: PLC0415
     from meshctl.rollout import selector as selectors  # noqa: PLC0415
     from meshctl.rollout.run import rollout_status  # noqa: PLC0415
 
@@ -221,7 +218,7 @@ def status(
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"),
                       context=context) as connection:
         scope = None if all_namespaces else (namespace or connection.default_namespace)
-        summary = rollout_status(FleetKube.adopt(connection), scope, parsed)
+        summary = rollout_status(connection, scope, parsed)
     if out is output.Format.JSON:
         output.emit_json(summary)
         return

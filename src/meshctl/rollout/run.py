@@ -2,7 +2,7 @@
 batches. Where the fleet is driven; each pod's swap is the in-pod swap of
 `meshctl.podswap.swap`, done here in fewer requests:
 
-    list the selector's pods (one request per 500) -> select and plan (rollout_plan) ->
+    list the selector's pods (one request per 500) -> select and plan (`rollout.plan`) ->
     one watch on the selector -> batch by batch:
         patch each pod: the new image into its standby slot and the rollout's record
             (one request; `test`s on both slots) -> follow every pod on the one watch ->
@@ -40,8 +40,9 @@ from meshctl import errors
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.kube import (
     Conflict,
-    FleetKube,
+    EventType,
     Forbidden,
+    Kube,
     KubeError,
     NotFound,
     PodEvent,
@@ -205,7 +206,7 @@ class RolloutReport:
         return record
 
 
-def run_rollout(kube: FleetKube, spec: RolloutSpec, settings: RolloutSettings | None = None, *,
+def run_rollout(kube: Kube, spec: RolloutSpec, settings: RolloutSettings | None = None, *,
                 dry_run: bool = False, emit: Emit | None = None, clock: Clock | None = None,
                 stop: StopFlag | None = None) -> RolloutReport:
     """Run (or with `dry_run`, plan) the rollout. Raises a MeshctlError only when refused
@@ -215,7 +216,7 @@ def run_rollout(kube: FleetKube, spec: RolloutSpec, settings: RolloutSettings | 
 
 
 class _Rollout:
-    def __init__(self, kube: FleetKube, spec: RolloutSpec, settings: RolloutSettings,
+    def __init__(self, kube: Kube, spec: RolloutSpec, settings: RolloutSettings,
                  emit: Emit, clock: Clock, stop: StopFlag) -> None:
         self.kube = kube
         self.spec = spec
@@ -441,14 +442,14 @@ class _Rollout:
         self._decide(run, pod)
 
     def _on_event(self, event: PodEvent) -> None:
-        if event.type == "BOOKMARK":
+        if event.type is EventType.BOOKMARK:
             self.version = event.resource_version or self.version
             return
         self.version = event.resource_version or self.version
         run = self.runs.get(event.key)
         if run is None:
             return  # not selected at the start (new pods wait for the next run)
-        if event.type == "DELETED":
+        if event.type is EventType.DELETED:
             self.latest.pop(event.key, None)
             if not run.phase.terminal:
                 self._set(run, PodPhase.GONE, "deleted while the rollout ran")
@@ -616,7 +617,7 @@ class _Rollout:
         except WatchExpired:
             self._relist()
             return None
-        if event is not None and event.type != "BOOKMARK" and not rp.matches(event.pod,
+        if event is not None and event.type is not EventType.BOOKMARK and not rp.matches(event.pod,
                                                                              self.spec):
             # A server that ignores labelSelector; or a pod whose labels changed.
             return event if event.key in self.runs else None
@@ -638,9 +639,9 @@ class _Rollout:
         seen = set()
         for pod in pods:
             seen.add(rp.key_of(pod))
-            self._on_event(PodEvent("MODIFIED", pod))
+            self._on_event(PodEvent(EventType.MODIFIED, pod))
         for key in set(self.runs) - seen:
-            self._on_event(PodEvent("DELETED", {"metadata": {"namespace": key[0],
+            self._on_event(PodEvent(EventType.DELETED, {"metadata": {"namespace": key[0],
                                                              "name": key[1]}}))
         self._open_watch()
 
@@ -799,7 +800,7 @@ def _version(pod: dict[str, Any]) -> str | None:
     return str(value) if value else None
 
 
-def rollout_status(kube: FleetKube, namespace: str | None,
+def rollout_status(kube: Kube, namespace: str | None,
                    selector: Selector | None) -> dict[str, Any]:
     """What the pods' records say (one list request): `meshctl rollout status`."""
     pods, _ = kube.list_pods(namespace, str(selector) if selector is not None else "")
