@@ -1,5 +1,5 @@
-"""`meshctl rollout`'s progress bar, fed the events a rollout emits (the k8s tests cover the
-rest of the command; they run off a terminal, where progress is JSON lines)."""
+"""`meshctl rollout`'s progress bar, fed the events a rollout emits, and its help (the k8s tests
+cover the rest of the command; they run off a terminal, where progress is JSON lines)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import io
 import re
 
 from rich.console import Console
+from typer.testing import CliRunner
 
+from meshctl.cli.app import app
 from meshctl.cli.rollout import _Bar
 
 
@@ -36,3 +38,18 @@ def test_the_progress_bar_counts_upgrades_and_prints_failures_and_skips_above_it
     assert "shop/web-9: skipped: not Ready" in text
     assert "shop/web-2: rolled_back: not ready within 1s" in text
     assert "no Events will be recorded: forbidden" in text
+
+
+def test_the_rollout_help_breaks_its_prose_only_at_the_end_of_a_sentence() -> None:
+    result = CliRunner().invoke(app, ["rollout", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    prose = result.stdout.split("Exit codes:")[0].split("Usage:")[1].splitlines()[1:]
+    lines = [line.strip() for line in prose if line.strip()]
+    assert lines[0] == "Upgrade the proxy of every pod of a selector, in place, in batches."
+    assert all(line.endswith(".") for line in lines), lines
+
+
+def test_meshctl_help_offers_shell_completion() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--install-completion" in result.stdout and "--show-completion" in result.stdout

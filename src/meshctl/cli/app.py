@@ -21,6 +21,8 @@ from typer.core import TyperCommand
 
 from meshctl import __version__, errors
 from meshctl.cli import output, priority
+from meshctl.cli import pod as pod_cli
+from meshctl.cli import rollout as rollout_cli
 from meshctl.cli.boundary import OneLineErrorsGroup, error_boundary
 from meshctl.cli.bounds import DAY_S, DRAIN_MAX, DRAIN_MIN, HOUR_S, STOP_GRACE, Bound, check_drain
 from meshctl.cli.pod import SlotName
@@ -37,7 +39,7 @@ app = typer.Typer(
     help="Upgrade Envoy sidecars in place, through Envoy's hot restart, without losing requests.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     cls=OneLineErrorsGroup,
 )
 
@@ -284,8 +286,6 @@ def upgrade(
 
     With --pod NAME --image REF: swap the proxy image inside a running pod instead."""
     if pod is not None or image is not None:
-        from meshctl.cli import pod as pod_cli  # noqa: PLC0415  (keeps `status` fast)
-
         pod_cli.upgrade_pod(pod=pod, namespace=namespace, image=image, context=context,
                             kubeconfig=kubeconfig, dry_run=dry_run, timeout_s=timeout_s,
                             out=out, envoy=envoy, config=config)
@@ -405,10 +405,5 @@ def main() -> None:
     app()
 
 
-from meshctl.cli import pod as _pod  # noqa: E402
-
-_pod.register(app)
-
-from meshctl.cli import rollout as _rollout  # noqa: E402
-
-_rollout.register(app)
+pod_cli.register(app, cli_errors)
+rollout_cli.register(app)

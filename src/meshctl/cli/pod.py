@@ -11,6 +11,7 @@ import enum
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ import typer
 from meshctl import errors
 from meshctl.cli import output
 from meshctl.podswap import layout
+
+Command = Callable[..., Any]
 
 
 class SlotName(enum.StrEnum):
@@ -114,10 +117,8 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
     raise typer.Exit(int(result.exit_code))
 
 
-def register(app: typer.Typer) -> None:
-    """Add the pod commands to the `meshctl` app."""
-    from meshctl.cli.app import cli_errors  # noqa: PLC0415  (app imports this module)
-
+def register(app: typer.Typer, cli_errors: Callable[[Command], Command]) -> None:
+    """Add the pod commands to the `meshctl` app, each inside the app's error boundary."""
     app.command(name="inject")(cli_errors(inject))
     app.command(name="standby", context_settings={
         "allow_extra_args": True, "ignore_unknown_options": True})(cli_errors(standby))

@@ -137,13 +137,14 @@ def rollout(
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
-    """Upgrade the proxy of every pod of a selector, in place, in batches: a canary first,
-    then --max-parallel pods at a time; each failed pod is rolled back (its old slot never
-    stopped serving). Pods that are not Ready or lack the two proxy slots are skipped and
-    reported.
+    """Upgrade the proxy of every pod of a selector, in place, in batches.
 
-    The state is kept in the pods (annotation meshctl.io/rollout): run the same command again
-    to continue a rollout that paused, hit its deadline, was interrupted or whose CLI died.
+    A canary first, then --max-parallel pods at a time.
+    Each failed pod is rolled back: its old slot never stopped serving.
+    Pods that are not Ready or lack the two proxy slots are skipped and reported.
+
+    The state is kept in the pods (annotation meshctl.io/rollout).
+    Run the same command again to continue after a pause, --timeout, a signal or a crash.
     Pods already on the image are done; pods left mid-swap are followed to the end.
     `meshctl rollout status` shows it.
 
