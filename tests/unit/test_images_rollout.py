@@ -4,6 +4,7 @@ batches, when to stop and the exit code; and the client's throttled credential r
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import pytest
@@ -84,6 +85,18 @@ def test_a_record_survives_its_annotation_and_an_unreadable_one_is_no_record() -
     assert decode({ROLLOUT: "{not json"}) is None
     assert decode({ROLLOUT: record.encode().replace('"upgrading"', '"retiring"')}) is None
     assert decode(None) is None
+
+
+def test_a_record_keeps_its_annotation_s_json_shape_with_from_and_cid() -> None:
+    record = RolloutRecord(id="r-1", image=NEW, state=PodPhase.ROLLED_BACK, slot="a",
+                           from_image="old:1", container_id=None, canary=False, time="t",
+                           reason="not ready")
+    shape = record.to_json()
+    assert shape == {"id": "r-1", "image": NEW, "state": "rolled_back", "slot": "a",
+                     "from": "old:1", "cid": None, "canary": False, "time": "t",
+                     "reason": "not ready"}
+    assert json.loads(record.encode()) == shape
+    assert RolloutRecord.from_json(shape) == record
 
 
 def test_a_record_holds_only_states_written_with_the_patch_that_makes_them_true() -> None:

@@ -25,7 +25,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from meshctl.podswap import layout
 from meshctl.podswap.layout import Slot
@@ -99,6 +99,14 @@ def transition(current: PodPhase, new: PodPhase) -> PodPhase:
     return new
 
 
+RecordJson = TypedDict("RecordJson", {
+    "id": str, "image": str, "state": str, "slot": str, "from": str, "cid": str | None,
+    "canary": bool, "time": str, "reason": NotRequired[str],
+})
+"""The record as the annotation holds it (compact JSON; `from` is a Python keyword, hence
+this form)."""
+
+
 @dataclass(frozen=True)
 class RolloutRecord:
     """One pod's record of the rollout that touched it last."""
@@ -116,14 +124,31 @@ class RolloutRecord:
     time: str
     reason: str | None = None
 
-    def encode(self) -> str:
-        record: dict[str, Any] = {"id": self.id, "image": self.image, "state": self.state.value,
-                                  "slot": self.slot, "from": self.from_image,
-                                  "cid": self.container_id, "canary": self.canary,
-                                  "time": self.time}
+    def to_json(self) -> RecordJson:
+        record: RecordJson = {"id": self.id, "image": self.image, "state": self.state.value,
+                              "slot": self.slot, "from": self.from_image,
+                              "cid": self.container_id, "canary": self.canary,
+                              "time": self.time}
         if self.reason:
             record["reason"] = self.reason[:300]
-        return json.dumps(record, separators=(",", ":"), sort_keys=True)
+        return record
+
+    @classmethod
+    def from_json(cls, raw: RecordJson) -> RolloutRecord | None:
+        """The record, or None when it holds a state or slot this version cannot read."""
+        state = PodPhase(raw["state"])
+        slot = raw["slot"]
+        if state not in PERSISTED or slot not in layout.SLOTS:
+            return None
+        cid = raw.get("cid")
+        return cls(id=str(raw["id"]), image=str(raw["image"]), state=state, slot=slot,
+                   from_image=str(raw["from"]), container_id=str(cid) if cid else None,
+                   canary=bool(raw.get("canary")), time=str(raw.get("time") or ""),
+                   reason=raw.get("reason"))
+
+    def encode(self) -> str:
+        """The annotation's value."""
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True)
 
     def moved(self, state: PodPhase, time: str, reason: str | None = None) -> RolloutRecord:
         if state not in PERSISTED:
@@ -137,17 +162,8 @@ def decode(annotations: Mapping[str, str] | None) -> RolloutRecord | None:
     if not text:
         return None
     try:
-        raw = json.loads(text)
-        state = PodPhase(raw["state"])
-        slot = raw["slot"]
-        if state not in PERSISTED or slot not in layout.SLOTS:
-            return None
-        cid = raw.get("cid")
-        return RolloutRecord(id=str(raw["id"]), image=str(raw["image"]), state=state,
-                             slot=slot, from_image=str(raw["from"]),
-                             container_id=str(cid) if cid else None,
-                             canary=bool(raw.get("canary")), time=str(raw.get("time") or ""),
-                             reason=raw.get("reason"))
+        raw: RecordJson = json.loads(text)
+        return RolloutRecord.from_json(raw)
     except (ValueError, KeyError, TypeError):
         return None
 
