@@ -34,7 +34,8 @@ from meshctl.cli.bounds import DAY_S, Bound
 from meshctl.rollout.plan import EventPolicy, RolloutExit
 
 if TYPE_CHECKING:
-    from meshctl.rollout.run import RolloutReport, StopFlag
+    from meshctl.rollout.report import RolloutReport
+    from meshctl.rollout.run import StopFlag
 
 F = TypeVar("F", bound=Callable[..., Any])
 

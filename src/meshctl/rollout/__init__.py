@@ -4,6 +4,7 @@ a failure budget and a record on each pod, resumable by running the same command
   selector   label selectors: parsed, canonical, matched (pure)
   record     the per-pod record (`meshctl.io/rollout`) and each pod's phase in a run (pure)
   plan       the rollout's pure decisions: eligibility, batches, patches, the summary
+  report     each selected pod's state in a run, and the run's summary (its JSON)
   run        `meshctl rollout` and `rollout status`: the list, the watch, the loop
 
 Importing this package stays cheap: only `run` talks to Kubernetes (through `meshctl.kube`).

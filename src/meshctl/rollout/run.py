@@ -32,7 +32,6 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -50,7 +49,6 @@ from meshctl.kube import (
     WatchExpired,
 )
 from meshctl.podswap import plan
-from meshctl.podswap.plan import SwapPlan
 from meshctl.rollout import plan as rp
 from meshctl.rollout.plan import (
     Action,
@@ -66,10 +64,10 @@ from meshctl.rollout.plan import (
 from meshctl.rollout.record import (
     FAILURES,
     PodPhase,
-    RolloutRecord,
     decode,
     transition,
 )
+from meshctl.rollout.report import PodRun, RolloutReport
 from meshctl.rollout.selector import Selector
 
 log = logging.getLogger(__name__)
@@ -108,102 +106,6 @@ class StopFlag:
 
     def request(self, signum: int) -> None:
         self.signal = signum
-
-
-@dataclass
-class PodRun:
-    """One selected pod in this run."""
-
-    key: PodKey
-    phase: PodPhase
-    batch: int | None = None
-    canary: bool = False
-    resumed: bool = False
-    swap: SwapPlan | None = None
-    record: RolloutRecord | None = None
-    generation: int | None = None
-    deadline: Deadline | None = None
-    started_s: float | None = None
-    ended_s: float | None = None
-    requests: int = 0
-    """API requests made for this pod (its patches, a re-read on conflict, its Event)."""
-    detail: str = ""
-    reason_code: str | None = None
-    retire_tries: int = 0
-    planned_version: str | None = None
-    """The resourceVersion `swap` was planned from: unchanged at the start, no re-plan."""
-
-    def to_dict(self) -> dict[str, Any]:
-        swap = self.swap
-        record: dict[str, Any] = {
-            "namespace": self.key[0], "pod": self.key[1], "result": self.phase.value,
-            "batch": self.batch, "canary": self.canary, "api_requests": self.requests,
-            "from_image": swap.from_image if swap else None,
-            "to_image": swap.to_image if swap else None,
-            "from_slot": swap.old_slot if swap else None,
-            "to_slot": swap.new_slot if swap else None,
-            "duration_s": (round(self.ended_s - self.started_s, 3)
-                           if self.started_s is not None and self.ended_s is not None
-                           else None),
-            "detail": self.detail or None,
-        }
-        if self.resumed:
-            record["resumed"] = True
-        if self.reason_code:
-            record["reason_code"] = self.reason_code
-        return record
-
-
-@dataclass
-class RolloutReport:
-    spec: RolloutSpec
-    result: RolloutResult
-    message: str
-    counts: Counts
-    pods: list[PodRun]
-    batches: list[Batch]
-    api_requests: int
-    pod_requests: int
-    watch_connections: int
-    elapsed_s: float
-    cpu_s: float
-    plan: dict[str, Any] | None = None
-    batch_outcomes: dict[int, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> rp.RolloutExit:
-        return self.result.exit_code
-
-    @property
-    def started(self) -> int:
-        return sum(1 for p in self.pods if p.started_s is not None)
-
-    def to_dict(self) -> dict[str, Any]:
-        started = self.started
-        record: dict[str, Any] = {
-            "rollout": self.spec.describe(),
-            "result": self.result.value, "exit_code": int(self.exit_code),
-            "message": self.message, "counts": self.counts.to_dict(),
-            "batches": [{"index": b.index, "kind": b.kind.value,
-                         "pods": [f"{ns}/{name}" for ns, name in b.pods],
-                         **({"outcome": self.batch_outcomes[b.index]}
-                            if b.index in self.batch_outcomes else {})}
-                        for b in self.batches],
-            "pods": [p.to_dict() for p in self.pods],
-            "api_requests": {
-                "total": self.api_requests,
-                "per_pod": round(self.api_requests / started, 2) if started else None,
-                "pods_started": started,
-                "for_pods": self.pod_requests,
-                "list_and_watch": self.api_requests - self.pod_requests,
-                "watch_connections": self.watch_connections,
-            },
-            "elapsed_s": round(self.elapsed_s, 3),
-            "cpu_s": round(self.cpu_s, 3),
-        }
-        if self.plan is not None:
-            record["plan"] = self.plan
-        return record
 
 
 def run_rollout(kube: Kube, spec: RolloutSpec, settings: RolloutSettings | None = None, *,
