@@ -214,7 +214,7 @@ def status(
         raise errors.BadInput("give either --namespace or --all-namespaces, not both")
     from meshctl import kube  # noqa: PLC0415
     from meshctl.rollout import selector as selectors  # noqa: PLC0415
-    from meshctl.rollout.run import rollout_status  # noqa: PLC0415
+    from meshctl.rollout.status import rollout_status  # noqa: PLC0415
 
     parsed = selectors.parse(selector) if selector is not None else None
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"),

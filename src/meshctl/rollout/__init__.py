@@ -3,9 +3,11 @@ a failure budget and a record on each pod, resumable by running the same command
 
   selector   label selectors: parsed, canonical, matched (pure)
   record     the per-pod record (`meshctl.io/rollout`) and each pod's phase in a run (pure)
-  plan       the rollout's pure decisions: eligibility, batches, patches, the summary
+  plan       the rollout's pure decisions: eligibility, batches, patches, when to stop
   report     each selected pod's state in a run, and the run's summary (its JSON)
-  run        `meshctl rollout` and `rollout status`: the list, the watch, the loop
+  run        `meshctl rollout`: the list, the watch, the loop
+  status     `meshctl rollout status`: what the pods' records say
 
-Importing this package stays cheap: only `run` talks to Kubernetes (through `meshctl.kube`).
+Importing this package stays cheap: only `run` and `status` talk to Kubernetes (through
+`meshctl.kube`).
 """

@@ -68,7 +68,6 @@ from meshctl.rollout.record import (
     transition,
 )
 from meshctl.rollout.report import PodRun, RolloutReport
-from meshctl.rollout.selector import Selector
 
 log = logging.getLogger(__name__)
 
@@ -700,10 +699,3 @@ class _Rollout:
 def _version(pod: dict[str, Any]) -> str | None:
     value = (pod.get("metadata") or {}).get("resourceVersion")
     return str(value) if value else None
-
-
-def rollout_status(kube: Kube, namespace: str | None,
-                   selector: Selector | None) -> dict[str, Any]:
-    """What the pods' records say (one list request): `meshctl rollout status`."""
-    pods, _ = kube.list_pods(namespace, str(selector) if selector is not None else "")
-    return rp.status_summary(pods, namespace, selector)
