@@ -32,10 +32,12 @@ from meshctl.cli import output
 from meshctl.cli.boundary import error_boundary, usage_line
 from meshctl.cli.bounds import DAY_S, Bound
 from meshctl.rollout.plan import EventPolicy, RolloutExit
+from meshctl.rollout.record import PodPhase
 
 if TYPE_CHECKING:
     from meshctl.rollout.report import RolloutReport
     from meshctl.rollout.run import StopFlag
+    from meshctl.rollout.status import StatusJson
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -377,7 +379,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
     output.echo(f"  ({plan['retire_guard']})")
 
 
-def _print_status(summary: dict[str, Any]) -> None:
+def _print_status(summary: StatusJson) -> None:
     scope = summary["namespace"] or "all namespaces"
     images = ", ".join(f"{image} {n}" for image, n in summary["active_images"].items())
     output.echo(f"{summary['pods']} pod(s) in {scope}"
@@ -393,7 +395,7 @@ def _print_status(summary: dict[str, Any]) -> None:
                    f"last change {entry['last_change']}")
         output.echo(f"  {entry['summary']}")
         for p in entry["pods"]:
-            if p["state"] != "upgraded":
+            if p["state"] != PodPhase.UPGRADED.value:
                 output.echo(f"  {p['namespace']}/{p['pod']}: {p['state']}"
                            + (f" ({p['reason']})" if p.get("reason") else ""))
 

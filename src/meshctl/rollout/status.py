@@ -4,7 +4,7 @@ each pod's active slot runs. The summary is pure (`status_summary`); `rollout_st
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from meshctl import errors
 from meshctl.kube import Kube
@@ -14,18 +14,55 @@ from meshctl.rollout.record import PodPhase, decode
 from meshctl.rollout.selector import Selector
 
 
+class PodStatusJson(TypedDict):
+    namespace: str
+    pod: str
+    state: str
+    """A `PodPhase` value, as the record holds it."""
+    canary: bool
+    time: str
+    reason: str | None
+
+
+class RolloutStatusJson(TypedDict):
+    """One rollout the records tell of."""
+
+    id: str
+    image: str
+    states: dict[str, int]
+    """Pods per record state (`PodPhase` values)."""
+    canary_pods: int
+    last_change: str
+    pods: list[PodStatusJson]
+    pods_on_image: NotRequired[int]
+    pods_not_on_image: NotRequired[int]
+    summary: NotRequired[str]
+
+
+class StatusJson(TypedDict):
+    """`meshctl rollout status --output json`."""
+
+    namespace: str | None
+    selector: str | None
+    pods: int
+    pods_with_slots: int
+    pods_without_slots: int
+    active_images: dict[str, int]
+    rollouts: list[RolloutStatusJson]
+
+
 def rollout_status(kube: Kube, namespace: str | None,
-                   selector: Selector | None) -> dict[str, Any]:
+                   selector: Selector | None) -> StatusJson:
     """What the pods' records say (one list request): `meshctl rollout status`."""
     pods, _ = kube.list_pods(namespace, str(selector) if selector is not None else "")
     return status_summary(pods, namespace, selector)
 
 
 def status_summary(pods: Iterable[Mapping[str, Any]], namespace: str | None,
-                   selector: Selector | None) -> dict[str, Any]:
+                   selector: Selector | None) -> StatusJson:
     """The rollouts the pods' records tell of, and which image each pod's active slot runs."""
     images: dict[str, int] = {}
-    rollouts: dict[str, dict[str, Any]] = {}
+    rollouts: dict[str, RolloutStatusJson] = {}
     total = without_slots = 0
     for pod in sorted(pods, key=key_of):
         metadata = pod.get("metadata") or {}
@@ -74,15 +111,15 @@ def _live_image(pod: Mapping[str, Any]) -> str:
     return live.image
 
 
-def _rollout_summary(entry: Mapping[str, Any]) -> str:
-    states: Mapping[str, int] = entry["states"]
+def _rollout_summary(entry: RolloutStatusJson) -> str:
+    states = entry["states"]
     if states.get(PodPhase.UPGRADING.value):
         return (f"in progress, or stopped mid-swap: {states[PodPhase.UPGRADING.value]} pod(s) "
                 f"upgrading; run the command again to continue")
     if states.get(PodPhase.ROLLED_BACK.value):
         return f"{states[PodPhase.ROLLED_BACK.value]} pod(s) rolled back"
-    if not entry["pods_not_on_image"]:
+    if not entry.get("pods_not_on_image"):
         return "complete: every pod with proxy slots runs the image"
     if entry["canary_pods"] and entry["canary_pods"] == sum(states.values()):
         return "the canary is done; the rest not started (paused after the canary?)"
-    return f"{entry['pods_not_on_image']} pod(s) not on the image yet"
+    return f"{entry.get('pods_not_on_image')} pod(s) not on the image yet"
