@@ -346,13 +346,14 @@ def _print_report(report: RolloutReport, out: output.Format) -> None:
         _print_plan(record["plan"])
         return
     pods = record["pods"]
-    shown = [p for p in pods if len(pods) <= _TABLE_MAX_PODS or p["result"] != "upgraded"]
+    upgraded = PodPhase.UPGRADED.value
+    shown = [p for p in pods if len(pods) <= _TABLE_MAX_PODS or p["result"] != upgraded]
     rows = [["POD", "RESULT", "BATCH", "SLOTS", "TIME", "REQUESTS", "DETAIL"]]
     for p in shown:
         slots = f"{p['from_slot']}->{p['to_slot']}" if p.get("to_slot") else "-"
         batch = "-" if p["batch"] is None else f"{p['batch']}{' canary' if p['canary'] else ''}"
         took = "-" if p["duration_s"] is None else f"{p['duration_s']:.2f}s"
-        detail = "" if p["result"] in ("upgraded",) else (p["detail"] or "")
+        detail = "" if p["result"] == upgraded else (p["detail"] or "")
         rows.append([f"{p['namespace']}/{p['pod']}", p["result"], batch, slots, took,
                      str(p["api_requests"]), detail])
     _table(rows)

@@ -5,13 +5,67 @@ prints, as a table or one JSON document."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from meshctl.clock import Deadline
 from meshctl.podswap.plan import SwapPlan
 from meshctl.rollout import plan as rp
 from meshctl.rollout.plan import Batch, Counts, PodKey, RolloutResult, RolloutSpec
 from meshctl.rollout.record import PodPhase, RolloutRecord
+
+
+class PodResultJson(TypedDict):
+    """One pod of the summary."""
+
+    namespace: str
+    pod: str
+    result: str
+    """A `PodPhase` value."""
+    batch: int | None
+    canary: bool
+    api_requests: int
+    from_image: str | None
+    to_image: str | None
+    from_slot: str | None
+    to_slot: str | None
+    duration_s: float | None
+    detail: str | None
+    resumed: NotRequired[bool]
+    reason_code: NotRequired[str]
+
+
+class BatchJson(TypedDict):
+    index: int
+    kind: str
+    pods: list[str]
+    outcome: NotRequired[dict[str, int]]
+
+
+class ApiRequestsJson(TypedDict):
+    total: int
+    per_pod: float | None
+    pods_started: int
+    for_pods: int
+    list_and_watch: int
+    watch_connections: int
+
+
+class ReportJson(TypedDict):
+    """`meshctl rollout --output json`: the summary on stdout."""
+
+    rollout: dict[str, Any]
+    """The spec (`RolloutSpec.describe()`)."""
+    result: str
+    exit_code: int
+    message: str
+    counts: dict[str, int]
+    batches: list[BatchJson]
+    pods: list[PodResultJson]
+    api_requests: ApiRequestsJson
+    elapsed_s: float
+    cpu_s: float
+    plan: NotRequired[dict[str, Any]]
+    """A dry run's plan."""
 
 
 @dataclass
@@ -37,9 +91,9 @@ class PodRun:
     planned_version: str | None = None
     """The resourceVersion `swap` was planned from: unchanged at the start, no re-plan."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PodResultJson:
         swap = self.swap
-        record: dict[str, Any] = {
+        record: PodResultJson = {
             "namespace": self.key[0], "pod": self.key[1], "result": self.phase.value,
             "batch": self.batch, "canary": self.canary, "api_requests": self.requests,
             "from_image": swap.from_image if swap else None,
@@ -82,17 +136,13 @@ class RolloutReport:
     def started(self) -> int:
         return sum(1 for p in self.pods if p.started_s is not None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ReportJson:
         started = self.started
-        record: dict[str, Any] = {
+        record: ReportJson = {
             "rollout": self.spec.describe(),
             "result": self.result.value, "exit_code": int(self.exit_code),
             "message": self.message, "counts": self.counts.to_dict(),
-            "batches": [{"index": b.index, "kind": b.kind.value,
-                         "pods": [f"{ns}/{name}" for ns, name in b.pods],
-                         **({"outcome": self.batch_outcomes[b.index]}
-                            if b.index in self.batch_outcomes else {})}
-                        for b in self.batches],
+            "batches": [self._batch(b) for b in self.batches],
             "pods": [p.to_dict() for p in self.pods],
             "api_requests": {
                 "total": self.api_requests,
@@ -108,3 +158,10 @@ class RolloutReport:
         if self.plan is not None:
             record["plan"] = self.plan
         return record
+
+    def _batch(self, batch: Batch) -> BatchJson:
+        entry: BatchJson = {"index": batch.index, "kind": batch.kind.value,
+                            "pods": [f"{ns}/{name}" for ns, name in batch.pods]}
+        if batch.index in self.batch_outcomes:
+            entry["outcome"] = self.batch_outcomes[batch.index]
+        return entry
