@@ -10,7 +10,7 @@ import pytest
 
 from meshctl.cli import priority
 from meshctl.exitcodes import ExitCode
-from meshctl.images.rollout_plan import RolloutExit
+from meshctl.rollout.plan import RolloutExit
 
 
 def _calm() -> float:
