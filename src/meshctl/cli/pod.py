@@ -128,8 +128,11 @@ def _print_result(record: dict[str, Any], out: output.Format) -> None:
     if out is output.Format.JSON:
         output.emit_json(record)
         return
+    from meshctl.podswap.swap import SwapEnd  # noqa: PLC0415  (loaded by the swap already)
+
     where = f"pod {record['namespace']}/{record['pod']}"
-    if record["result"] == "dry_run":
+    end = SwapEnd(record["result"])
+    if end is SwapEnd.DRY_RUN:
         output.echo(f"{where}: dry run: would upgrade slot {record['new_slot']} to "
                    f"{record['to_image']}, then return slot {record['old_slot']} "
                    f"({record['from_image']}) to standby")
@@ -137,7 +140,7 @@ def _print_result(record: dict[str, Any], out: output.Format) -> None:
                               indent=2, sort_keys=True))
         return
     line = f"{where}: {record['result']}: {record['from_image']} -> {record['image']}"
-    if record.get("new_slot") and record["result"] != "unchanged":
+    if record.get("new_slot") and end is not SwapEnd.UNCHANGED:
         line += f" (slot {record['old_slot']} -> slot {record['new_slot']})"
     output.echo(line + f"; {record['api_requests']} API requests")
     if record.get("error"):

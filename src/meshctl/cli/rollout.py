@@ -31,7 +31,7 @@ from meshctl import errors
 from meshctl.cli import output
 from meshctl.cli.boundary import error_boundary, usage_line
 from meshctl.cli.bounds import DAY_S, Bound
-from meshctl.rollout.plan import EventPolicy, RolloutExit
+from meshctl.rollout.plan import EventPolicy, RolloutEvent, RolloutExit
 from meshctl.rollout.record import PodPhase
 
 if TYPE_CHECKING:
@@ -274,28 +274,31 @@ class _Bar:
         self.batch = ""
 
     def event(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
+        try:
+            kind = RolloutEvent(str(event.get("event")))
+        except ValueError:
+            return  # an event this CLI does not know of: nothing to draw
         where = f"{event.get('namespace')}/{event.get('pod')}"
-        if kind == "rollout_started":
+        if kind is RolloutEvent.ROLLOUT_STARTED:
             self.progress.start()
             self.task = self.progress.add_task("starting", total=event["to_upgrade"] or 1)
-        elif kind == "pod_started" and event.get("batch"):
+        elif kind is RolloutEvent.POD_STARTED and event.get("batch"):
             self.batch = f"batch {event['batch']}/{event.get('of', '?')}"
-        elif kind == "pod_upgraded" and not event.get("already"):
+        elif kind is RolloutEvent.POD_UPGRADED and not event.get("already"):
             self.counts["upgraded"] += 1
             self._advance()
-        elif kind in ("pod_rolled_back", "pod_failed"):
+        elif kind in (RolloutEvent.POD_ROLLED_BACK, RolloutEvent.POD_FAILED):
             if not event.get("interrupted"):
                 self.counts["failed"] += 1
             self._advance()
             self.progress.console.print(f"{where}: {kind.removeprefix('pod_')}: "
                                         f"{event.get('reason')}", markup=False)
-        elif kind == "pod_skipped":
+        elif kind is RolloutEvent.POD_SKIPPED:
             if event.get("batch"):
                 self._advance()
             self.progress.console.print(f"{where}: skipped: {event.get('reason')}",
                                         markup=False)
-        elif kind == "note":
+        elif kind is RolloutEvent.NOTE:
             self.progress.console.print(str(event.get("message")), markup=False)
         if self.task is not None:
             self.progress.update(self.task, description=(

@@ -15,6 +15,7 @@ Decisions are made by `meshctl.podswap.plan` (pure); the API calls by `meshctl.k
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,14 +31,19 @@ from meshctl.podswap.plan import Outcome, Progress, SwapPlan
 Report = Callable[[str], None]
 """Takes one line of progress (the CLI prints it on stderr)."""
 
-SUCCEEDED = "succeeded"
-ROLLED_BACK = "rolled_back"
-INCOMPLETE = "incomplete"
-UNCHANGED = "unchanged"
-DRY_RUN = "dry_run"
+class SwapEnd(enum.StrEnum):
+    """How an in-pod swap ended: the `result` of its record, and its exit code."""
 
-EXIT_CODES = {SUCCEEDED: ExitCode.OK, UNCHANGED: ExitCode.OK, DRY_RUN: ExitCode.OK,
-              ROLLED_BACK: ExitCode.ROLLED_BACK, INCOMPLETE: ExitCode.TIMEOUT}
+    SUCCEEDED = "succeeded"
+    ROLLED_BACK = "rolled_back"
+    INCOMPLETE = "incomplete"
+    UNCHANGED = "unchanged"
+    DRY_RUN = "dry_run"
+
+
+EXIT_CODES = {SwapEnd.SUCCEEDED: ExitCode.OK, SwapEnd.UNCHANGED: ExitCode.OK,
+              SwapEnd.DRY_RUN: ExitCode.OK, SwapEnd.ROLLED_BACK: ExitCode.ROLLED_BACK,
+              SwapEnd.INCOMPLETE: ExitCode.TIMEOUT}
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,10 @@ class SwapResult:
 
     @property
     def exit_code(self) -> ExitCode:
-        return EXIT_CODES.get(self.result, ExitCode.FAILED)
+        try:
+            return EXIT_CODES[SwapEnd(self.result)]
+        except ValueError:  # not ended (""): a failure to report, not a result
+            return ExitCode.FAILED
 
     def to_dict(self) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -141,7 +150,7 @@ class _Run:
             self.events_ok = False
             self.report(f"warning: no Events will be recorded: {exc}")
 
-    def finish(self, result: str, error: str | None = None) -> SwapResult:
+    def finish(self, result: SwapEnd, error: str | None = None) -> SwapResult:
         self.result.result = result
         self.result.error = error
         self.result.api_requests = self.kube.requests - self.requests0
@@ -161,7 +170,7 @@ def upgrade_pod(kube: Kube, namespace: str, name: str, image: str, *,
     _describe(run, swap)
     if swap.unchanged:
         run.step("unchanged", f"slot {swap.old_slot} already runs {image}; nothing to do")
-        return run.finish(UNCHANGED)
+        return run.finish(SwapEnd.UNCHANGED)
     if dry_run:
         return _dry_run(run, swap)
     run.step("started", f"upgrading the proxy from {swap.from_image} (slot {swap.old_slot}) to "
@@ -178,7 +187,7 @@ def _swap(run: _Run, swap: SwapPlan) -> SwapResult:
     swap, generation = _start(run, swap)
     if swap.unchanged:
         run.step("unchanged", f"slot {swap.old_slot} already runs {run.image}; nothing to do")
-        return run.finish(UNCHANGED)
+        return run.finish(SwapEnd.UNCHANGED)
     try:
         failure = _wait_new_slot(run, swap, generation)
         if failure is None:
@@ -195,7 +204,7 @@ def _swap(run: _Run, swap: SwapPlan) -> SwapResult:
         raise
     if failure is not None:
         _rollback(run, swap, failure)
-        return run.finish(ROLLED_BACK, failure)
+        return run.finish(SwapEnd.ROLLED_BACK, failure)
     _retire(run, swap)
     return _wait_old_slot(run, swap)
 
@@ -224,14 +233,14 @@ def _dry_run(run: _Run, swap: SwapPlan) -> SwapResult:
             current, {layout.LAST_UPGRADE: plan.last_upgrade(swap, "in_progress", time_iso)}),
         "retire": plan.retire_patch(swap) + plan.annotations_patch(
             current, {**plan.switched_annotations(swap),
-                      layout.LAST_UPGRADE: plan.last_upgrade(swap, SUCCEEDED, time_iso)}),
+                      layout.LAST_UPGRADE: plan.last_upgrade(swap, SwapEnd.SUCCEEDED, time_iso)}),
         "rollback": plan.rollback_patch(swap) + plan.annotations_patch(
-            current, {layout.LAST_UPGRADE: plan.last_upgrade(swap, ROLLED_BACK, time_iso)}),
+            current, {layout.LAST_UPGRADE: plan.last_upgrade(swap, SwapEnd.ROLLED_BACK, time_iso)}),
     }
     run.step("dry_run", f"would start {swap.to_image} in slot {swap.new_slot} "
                         f"({swap.new_container}), then return slot {swap.old_slot} to "
                         f"{swap.standby_image}; nothing changed")
-    return run.finish(DRY_RUN)
+    return run.finish(SwapEnd.DRY_RUN)
 
 
 def _start(run: _Run, swap: SwapPlan) -> tuple[SwapPlan, int | None]:
@@ -307,7 +316,7 @@ def _retire(run: _Run, swap: SwapPlan) -> None:
     current = (run.pod.get("metadata") or {}).get("annotations")
     ops = plan.retire_patch(swap) + plan.annotations_patch(
         current, {**plan.switched_annotations(swap),
-                  layout.LAST_UPGRADE: plan.last_upgrade(swap, SUCCEEDED, run.now_iso())})
+                  layout.LAST_UPGRADE: plan.last_upgrade(swap, SwapEnd.SUCCEEDED, run.now_iso())})
     try:
         run.pod = run.kube.patch_pod(run.namespace, run.name, ops)
     except Conflict as exc:
@@ -330,18 +339,18 @@ def _wait_old_slot(run: _Run, swap: SwapPlan) -> SwapResult:
                   f"not stand by within {run.settings.retire_timeout_s:g}s: {last.detail}")
         run.step("old_slot_not_standby", detail, "OldSlotNotStandby", warning=True,
                  container=_old(swap))
-        return run.finish(INCOMPLETE, detail)
+        return run.finish(SwapEnd.INCOMPLETE, detail)
     run.pod = done
     run.step("old_slot_standby", f"{swap.old_container} stands by ({swap.standby_image}); "
                                  f"upgrade to {swap.to_image} done",
              "OldSlotStandby", container=_old(swap))
-    return run.finish(SUCCEEDED)
+    return run.finish(SwapEnd.SUCCEEDED)
 
 
 def _rollback(run: _Run, swap: SwapPlan, reason: str) -> None:
     current = (run.pod.get("metadata") or {}).get("annotations")
     ops = plan.rollback_patch(swap) + plan.annotations_patch(
-        current, {layout.LAST_UPGRADE: plan.last_upgrade(swap, ROLLED_BACK, run.now_iso(),
+        current, {layout.LAST_UPGRADE: plan.last_upgrade(swap, SwapEnd.ROLLED_BACK, run.now_iso(),
                                                          reason)})
     detail = (f"rolled back: slot {swap.new_slot} set back to {swap.standby_image}, "
               f"slot {swap.old_slot} keeps serving {swap.from_image} ({reason})")

@@ -34,6 +34,21 @@ PodKey = tuple[str, str]
 IN_PROGRESS = "in_progress"
 
 
+class RolloutEvent(enum.StrEnum):
+    """The progress events a rollout emits (JSON lines on a CI log; the progress bar on a
+    terminal), under the key "event"."""
+
+    ROLLOUT_STARTED = "rollout_started"
+    POD_STARTED = "pod_started"
+    POD_UPGRADED = "pod_upgraded"
+    POD_ROLLED_BACK = "pod_rolled_back"
+    POD_FAILED = "pod_failed"
+    POD_SKIPPED = "pod_skipped"
+    BATCH_DONE = "batch_done"
+    ROLLOUT_DONE = "rollout_done"
+    NOTE = "note"
+
+
 class RolloutExit(enum.IntEnum):
     """`meshctl rollout`'s own exit codes (documented in its --help and docs/rollout.md)."""
 

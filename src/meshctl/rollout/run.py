@@ -56,6 +56,7 @@ from meshctl.rollout.plan import (
     BatchKind,
     Counts,
     PodKey,
+    RolloutEvent,
     RolloutResult,
     RolloutSettings,
     RolloutSpec,
@@ -74,7 +75,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Emit = Callable[[dict[str, Any]], None]
-"""Takes one progress event (`{"event": "pod_started", ...}`); the CLI renders it."""
+"""Takes one progress event (`{"event": "pod_started", ...}`: a `RolloutEvent`); the CLI
+renders it."""
 
 TICK_S = 0.2
 """The longest the loop waits without looking at the stop flag."""
@@ -203,7 +205,7 @@ class _Rollout:
 
     def _announce(self, selection: rp.Selection, *, dry_run: bool) -> None:
         """The plan in one event, then the pods that will not be started, and why."""
-        self.emit_event({"event": "rollout_started", "rollout": self.spec.id,
+        self.emit_event({"event": RolloutEvent.ROLLOUT_STARTED, "rollout": self.spec.id,
                          "image": self.spec.image, "selector": str(self.spec.selector),
                          "namespace": self.spec.namespace, "dry_run": dry_run,
                          "selected": selection.selected, "to_upgrade": len(selection.targets),
@@ -214,9 +216,10 @@ class _Rollout:
                          "batches": len(self.batches)})
         for run in self.runs.values():
             if run.phase is PodPhase.ALREADY_UPGRADED:
-                self._emit("pod_upgraded", run, already=True)
+                self._emit(RolloutEvent.POD_UPGRADED, run, already=True)
             elif run.phase is not PodPhase.PENDING:
-                self._emit("pod_skipped", run, reason_code=run.reason_code, reason=run.detail)
+                self._emit(RolloutEvent.POD_SKIPPED, run, reason_code=run.reason_code,
+                           reason=run.detail)
 
     def _run_batches(self) -> StopRule:
         for position, batch in enumerate(self.batches):
@@ -289,7 +292,7 @@ class _Rollout:
                 outcome = rp.classify(pod, self.spec)
             if isinstance(outcome, rp.Already):
                 self._set(run, PodPhase.ALREADY_UPGRADED, "already ran the image")
-                self._emit("pod_upgraded", run, already=True)
+                self._emit(RolloutEvent.POD_UPGRADED, run, already=True)
                 return
             if isinstance(outcome, rp.Skip):
                 self._skip(run, outcome.reason, outcome.detail)
@@ -314,7 +317,7 @@ class _Rollout:
                 return
             except KubeError as exc:
                 self._set(run, PodPhase.FAILED, f"not started: {exc}")
-                self._emit("pod_failed", run, reason=run.detail)
+                self._emit(RolloutEvent.POD_FAILED, run, reason=run.detail)
                 return
             self.changed += 1
             self.latest[run.key] = pod
@@ -324,7 +327,7 @@ class _Rollout:
             run.started_s = self.clock.monotonic()
             run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
             self._set(run, PodPhase.UPGRADING, "waiting for the kubelet")
-            self._emit("pod_started", run)
+            self._emit(RolloutEvent.POD_STARTED, run)
             return
         self._skip(run, rp.SkipReason.CHANGED,
                    f"kept changing while starting ({self.settings.start_attempts} tries)")
@@ -339,7 +342,7 @@ class _Rollout:
         run.started_s = self.clock.monotonic()
         run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
         self._set(run, PodPhase.UPGRADING, "resumed: waiting for the new slot")
-        self._emit("pod_started", run, resumed=True)
+        self._emit(RolloutEvent.POD_STARTED, run, resumed=True)
         self._decide(run, pod)
 
     def _on_event(self, event: PodEvent) -> None:
@@ -354,7 +357,7 @@ class _Rollout:
             self.latest.pop(event.key, None)
             if not run.phase.terminal:
                 self._set(run, PodPhase.GONE, "deleted while the rollout ran")
-                self._emit("pod_skipped", run, reason_code=rp.SkipReason.DELETED.value,
+                self._emit(RolloutEvent.POD_SKIPPED, run, reason_code=rp.SkipReason.DELETED.value,
                            reason=run.detail)
             return
         if run.phase in (PodPhase.UPGRADING, PodPhase.RETIRING):
@@ -452,20 +455,20 @@ class _Rollout:
             self._k8s_event(run, reason, f"rollout {self.spec.id}: {phase.value}: {detail}",
                             warning)
         if phase is PodPhase.UPGRADED:
-            self._emit("pod_upgraded", run)
+            self._emit(RolloutEvent.POD_UPGRADED, run)
         elif phase in (PodPhase.ROLLED_BACK, PodPhase.INTERRUPTED):
-            self._emit("pod_rolled_back", run, reason=detail,
+            self._emit(RolloutEvent.POD_ROLLED_BACK, run, reason=detail,
                        interrupted=phase is PodPhase.INTERRUPTED)
         elif phase is PodPhase.GONE:
-            self._emit("pod_skipped", run, reason_code=rp.SkipReason.DELETED.value,
+            self._emit(RolloutEvent.POD_SKIPPED, run, reason_code=rp.SkipReason.DELETED.value,
                        reason=detail)
         else:
-            self._emit("pod_failed", run, reason=detail)
+            self._emit(RolloutEvent.POD_FAILED, run, reason=detail)
 
     def _skip(self, run: PodRun, reason: rp.SkipReason, detail: str) -> None:
         self._set(run, PodPhase.SKIPPED, detail)
         run.reason_code = reason.value
-        self._emit("pod_skipped", run, reason_code=reason.value, reason=detail)
+        self._emit(RolloutEvent.POD_SKIPPED, run, reason_code=reason.value, reason=detail)
 
     def _set(self, run: PodRun, phase: PodPhase, detail: str) -> None:
         run.phase = transition(run.phase, phase)
@@ -567,7 +570,7 @@ class _Rollout:
             result = RolloutResult.FAILED
         message = self._message(result, counts, rule)
         report = self._report(result, message)
-        self.emit_event({"event": "rollout_done", "rollout": self.spec.id,
+        self.emit_event({"event": RolloutEvent.ROLLOUT_DONE, "rollout": self.spec.id,
                          "result": result.value, "exit_code": int(result.exit_code),
                          "message": message, "counts": counts.to_dict(),
                          "api_requests": report.api_requests,
@@ -603,13 +606,14 @@ class _Rollout:
         phases = [self.runs[k].phase for k in batch.pods]
         outcome = {k: v for k, v in rp.tally(phases).to_dict().items() if v and k != "selected"}
         self.batch_outcomes[batch.index] = outcome
-        self.emit_event({"event": "batch_done", "rollout": self.spec.id, "batch": batch.index,
+        self.emit_event({"event": RolloutEvent.BATCH_DONE, "rollout": self.spec.id,
+                         "batch": batch.index,
                          "of": len(self.batches), "kind": batch.kind.value,
                          "pods": len(batch.pods), **outcome,
                          "totals": self._counts().to_dict(),
                          "elapsed_s": round(self.clock.monotonic() - self.t0, 3)})
 
-    def _emit(self, name: str, run: PodRun, **extra: Any) -> None:
+    def _emit(self, name: RolloutEvent, run: PodRun, **extra: Any) -> None:
         event: dict[str, Any] = {"event": name, "rollout": self.spec.id,
                                  "namespace": run.key[0], "pod": run.key[1]}
         if run.batch is not None:
@@ -617,12 +621,13 @@ class _Rollout:
             event["of"] = len(self.batches)
         if run.canary:
             event["canary"] = True
-        if run.swap is not None and name != "pod_skipped" and not extra.get("already"):
+        if (run.swap is not None and name is not RolloutEvent.POD_SKIPPED
+                and not extra.get("already")):
             event.update({"from_image": run.swap.from_image, "to_image": run.swap.to_image,
                           "slot": run.swap.new_slot})
         if run.ended_s is not None and run.started_s is not None:
             event["duration_s"] = round(run.ended_s - run.started_s, 3)
-        if name != "pod_skipped" and run.requests:
+        if name is not RolloutEvent.POD_SKIPPED and run.requests:
             event["api_requests"] = run.requests
         event.update(extra)
         event["elapsed_s"] = round(self.clock.monotonic() - self.t0, 3)
@@ -689,7 +694,8 @@ class _Rollout:
                                                               warning=warning))
         except KubeError as exc:
             self.events_ok = False
-            self.emit_event({"event": "note", "message": f"no Events will be recorded: {exc}"})
+            self.emit_event({"event": RolloutEvent.NOTE,
+                             "message": f"no Events will be recorded: {exc}"})
 
     def _now_iso(self) -> str:
         return (datetime.fromtimestamp(self.clock.wall(), tz=UTC)
