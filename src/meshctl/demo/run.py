@@ -45,6 +45,18 @@ def wait_running(state_dir: Path, proc: subprocess.Popen[bytes], timeout_s: floa
     raise errors.StartFailed(f"the supervisor was not running after {timeout_s:g}s")
 
 
+def end_supervisor(proc: subprocess.Popen[bytes]) -> None:
+    """The demo's supervisor, if a failure left it running: SIGTERM (it drains and stops
+    Envoy), then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_demo(duration_s: float, to_envoy: str | None,
              log: Callable[[str], None]) -> dict[str, Any]:
     """Refuses bad input (BadInput) before it starts anything."""
@@ -78,12 +90,6 @@ def run_demo(duration_s: float, to_envoy: str | None,
         log("stopping the supervisor")
         operations.stop(state_dir, graceful=True, wait=True, timeout_s=60)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_supervisor(proc)
         shutil.rmtree(tmp, ignore_errors=True)
     return {**stats.to_json(), "upgrade": record}

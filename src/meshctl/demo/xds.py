@@ -29,7 +29,7 @@ from typing import Any
 from meshctl import errors
 from meshctl.demo.controlplane import ControlPlane, bootstrap_yaml, mesh_snapshot
 from meshctl.demo.loadgen import LoadGen, LoadStats
-from meshctl.demo.run import free_port, wait_running
+from meshctl.demo.run import end_supervisor, free_port, wait_running
 from meshctl.manager import operations
 
 HELD_READY_TIMEOUT_S = 4.0
@@ -106,13 +106,7 @@ def run_xds_demo(duration_s: float, log: Callable[[str], None]) -> dict[str, Any
         log("stopping the supervisor")
         operations.stop(state_dir, graceful=True, wait=True, timeout_s=60)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_supervisor(proc)
         with contextlib.suppress(Exception):
             plane.stop()
         upstream.shutdown()
