@@ -10,7 +10,7 @@ from pathlib import Path
 from meshctl import errors
 from meshctl.drain.policy import DrainPolicy
 from meshctl.envoy.argv import check_extra_args
-from meshctl.envoy.binary import resolve_binary
+from meshctl.envoy.binary import check_config_file, resolve_binary
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.pod import SLOTS
 from meshctl.manager.process import keeper_binary
@@ -38,18 +38,6 @@ def render_demo_config(dest: Path, admin_socket: Path, *, listener_port: int = 1
     tmp.chmod(0o600)
     tmp.replace(dest)
     return dest
-
-
-def check_config(path: Path) -> Path:
-    if not path.exists():
-        raise errors.BadInput(f"Envoy config not found: {path}")
-    if not path.is_file():
-        raise errors.BadInput(f"Envoy config is not a file: {path}")
-    try:
-        path.read_bytes()
-    except OSError as exc:
-        raise errors.BadInput(f"Envoy config cannot be read: {path}: {exc.strerror}") from exc
-    return path.absolute()
 
 
 def parse_health_address(text: str) -> tuple[str, int] | None:
@@ -87,7 +75,7 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
     binary = check_trusted(resolve_binary(envoy, environ), "Envoy binary")
     extra = check_extra_args(extra_args)
     if config is not None:
-        config = check_trusted(check_config(config), "Envoy config")
+        config = check_trusted(check_config_file(config).absolute(), "Envoy config")
     else:
         # The bundled config, with its admin socket in the state dir (checked as ours first).
         sd = StateDir(state_dir, pod_dir / "hr" if pod_dir is not None else None)

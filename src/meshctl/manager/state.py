@@ -86,7 +86,6 @@ class StateDir:
             self._check_existing(self.root)
         for path in (self.root, self.socket_prefix.parent, self.logs):
             try:
-                existed = path.exists()
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
                 st = path.lstat()
             except OSError as exc:
@@ -108,10 +107,6 @@ class StateDir:
                 except OSError as exc:
                     raise StateDirError(f"state dir {path} is open to others and cannot be "
                                         f"closed: {exc.strerror}") from exc
-            if not existed or path != self.root:
-                continue
-            if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-                raise StateDirError(f"state dir {path} is not readable and writable")
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise StateDirError(f"state dir {self.root} is not readable and writable")
 
