@@ -189,12 +189,13 @@ class GateServer:
         answered: set[str] = set()
         nonce = 0
         while context.is_active() and self._server is not None:
-            with contextlib.suppress(queue.Empty):
+            try:
                 req = inbox.get(timeout=0.5)  # and look at context.is_active() again
-                if req is None:
-                    return
-                if req is _WAKE:
-                    raise queue.Empty
+            except queue.Empty:
+                req = _WAKE
+            if req is None:
+                return
+            if req is not _WAKE:  # a request (a release or a timeout only looks again)
                 wanted = list(req.resource_names)
                 answered &= set(wanted)
                 with self._lock:
