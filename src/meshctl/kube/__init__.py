@@ -6,6 +6,7 @@
   errors     the API's failures as meshctl errors (`NotFound`, `Conflict`, `Forbidden`, ...)
   config     `connect()`: the kubeconfig or the in-cluster service account
   corev1     the few core/v1 calls, without the client's costly `CoreV1Api`
+  policyv1   PodDisruptionBudgets as typed values (`Kube.list_pod_disruption_budgets`)
 
 Callers import from here (`from meshctl import kube`); objects are plain dicts, as the API
 sends them, and every failure is a `KubeError`.
@@ -24,10 +25,16 @@ from meshctl.kube.errors import (
     NotFound,
     WatchExpired,
 )
+from meshctl.kube.policyv1 import (
+    LabelSelector,
+    Operator,
+    PodDisruptionBudget,
+    Requirement,
+)
 from meshctl.kube.watch import EventType, PodEvent, PodWatch
 
 __all__ = [
     "ApiUnavailable", "ConfigError", "Conflict", "CoreV1", "EventType", "Forbidden", "Invalid",
-    "Kube", "KubeError", "KubeSettings", "NotFound", "PodEvent", "PodWatch", "WatchExpired",
-    "connect",
+    "Kube", "KubeError", "KubeSettings", "LabelSelector", "NotFound", "Operator",
+    "PodDisruptionBudget", "PodEvent", "PodWatch", "Requirement", "WatchExpired", "connect",
 ]

@@ -1,5 +1,5 @@
 """`Kube`, the client for what meshctl asks of Kubernetes: a pod's get, JSON patch and wait;
-Events; the fleet's paged list and watch.
+Events; the fleet's paged list and watch; the namespace's PodDisruptionBudgets.
 
 Every call counts as API requests (each attempt and each watch connection), is retried with
 exponential backoff on 429, 5xx and connection errors (tenacity), and ends as data or as a
@@ -41,6 +41,7 @@ from meshctl.kube.errors import (
     is_transient,
     short,
 )
+from meshctl.kube.policyv1 import PodDisruptionBudget
 from meshctl.kube.watch import EventType, PodWatch
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Kube:
                  settings: KubeSettings | None = None) -> None:
         self._api = api
         self._core = CoreV1(api)
+        self._policy: Any = None  # k8s.PolicyV1Api, made on first use
         self.default_namespace = default_namespace
         self.settings = settings or KubeSettings()
         self._requests = 0
@@ -190,6 +192,27 @@ class Kube:
             token = metadata.get("continue") or None
             if not token:
                 return items, version
+
+    def list_pod_disruption_budgets(self, namespace: str) -> list[PodDisruptionBudget]:
+        """Every policy/v1 PodDisruptionBudget of the namespace (their specs), page by page."""
+        call = ApiCall("list", "poddisruptionbudgets", namespace)
+        if self._policy is None:
+            self._policy = k8s.PolicyV1Api(self._api)
+        policy = self._policy
+        budgets: list[PodDisruptionBudget] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": _PAGE, "_preload_content": False,
+                                      "_request_timeout": self._timeouts()}
+            if token:
+                kwargs["_continue"] = token
+            page = self._json(call, functools.partial(
+                policy.list_namespaced_pod_disruption_budget, namespace, **kwargs))
+            budgets.extend(PodDisruptionBudget.from_json(item)
+                           for item in page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                return budgets
 
     def watch_pods(self, namespace: str | None, label_selector: str,
                    resource_version: str | None, timeout_s: float) -> PodWatch:
