@@ -157,8 +157,24 @@ def test_a_stand_in_answers_every_stats_flush(
 def test_a_stand_in_says_it_did_not_recognize_an_unknown_request(
     stand_in: ParentStandIn, child: socket.socket
 ) -> None:
-    child.sendto(frame(SHUTDOWN_ADMIN_REQUEST), str(stand_in.path))
+    child.sendto(frame(bytes.fromhex("0a024200")), str(stand_in.path))  # request kind 8
     assert unframe(child.recv(65536)) == DIDNT_RECOGNIZE
+
+
+def test_a_stand_in_answers_shutdown_admin_as_a_parent_with_reuse_port_on(
+    stand_in: ParentStandIn, child: socket.socket
+) -> None:
+    # A child restarted after a crash asks this first, and aborts on any other answer.
+    child.sendto(frame(SHUTDOWN_ADMIN_REQUEST), str(stand_in.path))
+    assert unframe(child.recv(65536)) == bytes.fromhex("1206" "1204" "0800" "1001")
+
+
+def test_a_stand_in_without_a_hold_has_no_socket_to_pass(
+    stand_in: ParentStandIn, child: socket.socket
+) -> None:
+    child.sendto(frame(PASS_LISTEN_SOCKET_REQUEST), str(stand_in.path))
+    reply = unframe(child.recv(65536))
+    assert reply == bytes.fromhex("120d0a0b08ffffffffffffffffff01")  # fd -1
 
 
 def test_a_stand_in_socket_is_a_socket_only_its_user_may_use(stand_in: ParentStandIn) -> None:

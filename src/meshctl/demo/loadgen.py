@@ -10,6 +10,11 @@ before any response byte, the classic keep-alive race that browsers and HTTP lib
 transparently) is retried once on a new connection and counted in `reused_retried`; the request
 itself is then counted by the retry's outcome. The `x-meshctl-epoch` response header says which
 Envoy generation served each request.
+
+Every failure is also kept as a `Failure` (when its connection was opened, when it failed,
+how): whoever killed a process can then tell the requests that were in flight on it (their
+connection opened before the kill: they cannot be saved) from the ones that should have been
+served (a connection opened after it, or refused).
 """
 
 from __future__ import annotations
@@ -22,6 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Failure:
+    opened_mono: float
+    """When the request's connection was opened (its first request was sent)."""
+    failed_mono: float
+    error: str
+    """The exception's type name: ConnectionRefusedError, ConnectionResetError, ..."""
+    reused: bool
+    """On a keep-alive connection that had served a request before."""
+
+
 @dataclass
 class LoadStats:
     ok: int = 0
@@ -30,6 +46,7 @@ class LoadStats:
     reused_retried: int = 0
     by_epoch: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -42,6 +59,7 @@ class LoadStats:
         self.reused_retried += other.reused_retried
         self.by_epoch.update(other.by_epoch)
         self.errors.update(other.errors)
+        self.failures.extend(other.failures)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,21 +116,28 @@ class LoadGen:
         stats = LoadStats()
         self._stats.append(stats)
         conn: http.client.HTTPConnection | None = None
+        opened = time.monotonic()
         while not self._stop.is_set():
             if conn is None or not keepalive:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            if conn.sock is None:
+                opened = time.monotonic()
+            reused = keepalive and conn.sock is not None
             try:
                 try:
-                    self._one(conn, stats, reused=keepalive and conn.sock is not None)
+                    self._one(conn, stats, reused=reused)
                 except _StaleConnection:
                     stats.reused_retried += 1
                     conn.close()
                     conn = http.client.HTTPConnection(self.host, self.port,
                                                       timeout=self.timeout_s)
+                    opened, reused = time.monotonic(), False
                     self._one(conn, stats, reused=False)
             except (OSError, http.client.HTTPException) as exc:
                 stats.failed += 1
                 stats.errors[type(exc).__name__] += 1
+                stats.failures.append(Failure(opened, time.monotonic(), type(exc).__name__,
+                                              reused))
                 conn.close()
                 conn = None
             if not keepalive and conn is not None:

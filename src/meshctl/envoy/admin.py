@@ -114,18 +114,36 @@ class AdminClient:
 
     def listener_ports(self) -> frozenset[int]:
         """TCP ports of the data-plane listeners (never the admin port)."""
+        return frozenset(port for proto, _, port in self.listener_addresses()
+                         if proto == "tcp")
+
+    def listen_urls(self) -> frozenset[str]:
+        """Every data-plane listening address as Envoy's hot restart names it
+        (`tcp://127.0.0.1:10000`, `udp://[::]:53`): what a child asks its parent for."""
+        return frozenset(f"{proto}://[{host}]:{port}" if ":" in host
+                         else f"{proto}://{host}:{port}"
+                         for proto, host, port in self.listener_addresses())
+
+    def listener_addresses(self) -> frozenset[tuple[str, str, int]]:
+        """(tcp|udp, host, port) of every active listener's addresses, as bound."""
         status, body = self._request("GET", "/listeners?format=json")
         if status != 200:
             raise AdminUnavailable(f"/listeners answered {status}")
-        ports: set[int] = set()
-        for listener in json.loads(body).get("listener_statuses", []):
+        try:
+            statuses = json.loads(body).get("listener_statuses", [])
+        except (ValueError, AttributeError) as exc:
+            raise AdminUnavailable(f"/listeners: not JSON ({exc})") from exc
+        found: set[tuple[str, str, int]] = set()
+        for listener in statuses if isinstance(statuses, list) else []:
             for key in ("local_address", "additional_local_addresses"):
-                value = listener.get(key)
+                value = listener.get(key) if isinstance(listener, dict) else None
                 for address in value if isinstance(value, list) else [value]:
-                    port = (address or {}).get("socket_address", {}).get("port_value")
-                    if isinstance(port, int) and port > 0:
-                        ports.add(port)
-        return frozenset(ports)
+                    sa = (address or {}).get("socket_address", {})
+                    port, host = sa.get("port_value"), sa.get("address")
+                    if isinstance(port, int) and port > 0 and isinstance(host, str):
+                        proto = "udp" if sa.get("protocol") == "UDP" else "tcp"
+                        found.add((proto, host, port))
+        return frozenset(found)
 
     def get_json(self, path: str) -> object:
         """GET a JSON endpoint (`/config_dump?...`, `/stats?format=json&...`)."""

@@ -17,8 +17,15 @@ answers like a parent that has nothing left to report:
   anything else     -> `didnt_recognize_your_last_message`, as a real parent does
 
 It runs in its own thread so that a busy supervisor loop can never stall Envoy's main thread.
-Wire format: an 8-byte big-endian length, then a HotRestartMessage protobuf; we only need the
-outer field numbers, so there is no protobuf dependency.
+After a crash (the same stand-in, given a `SocketHold`: docs/reliability.md), the restarted
+generation hot-restarts from it as from a parent, and it also answers what a starting child asks:
+  TestConnection    -> nothing (as a real parent: the child only checks the send succeeds)
+  ShutdownAdmin     -> the first generation's start time, reuse_port default on
+  PassListenSocket  -> the held socket for that address and worker (SCM_RIGHTS), or fd -1
+so the restarted Envoy adopts the sockets, and the connections queued in them while no Envoy
+ran, instead of binding new ones.
+
+Wire format: `meshctl.envoy.hrwire`.
 """
 
 from __future__ import annotations
@@ -27,56 +34,43 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import threading
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from meshctl.envoy import hrwire
+from meshctl.envoy.sockethold import SocketHold
 
-# HotRestartMessage: request = 1, reply = 2, didnt_recognize_your_last_message = 3.
-# Request oneof: pass_listen_socket = 1, shutdown_admin = 2, stats = 3, drain_listeners = 4,
-# terminate = 5.
-_REQ_STATS = 3
-_REQ_DRAIN_LISTENERS = 4
-_REQ_TERMINATE = 5
-_EMPTY_STATS_REPLY = bytes([0x12, 0x02, 0x1A, 0x00])  # reply { stats {} }
-_DIDNT_RECOGNIZE = bytes([0x18, 0x01])
-_HEADER = struct.Struct(">Q")
+log = logging.getLogger(__name__)
 
 
 def request_kind(frame: bytes) -> int | None:
-    """The Request oneof field number of one framed message, or None if it is not a request."""
-    if len(frame) < _HEADER.size + 3:
-        return None
-    body = frame[_HEADER.size:]
-    if body[0] != 0x0A:  # field 1 (request), wire type 2
-        return None
-    # body[1] is the request's length (a one-byte varint for these small messages)
-    pos = 1
-    while pos < len(body) and body[pos] & 0x80:
-        pos += 1
-    pos += 1
-    if pos >= len(body):
-        return None
-    return body[pos] >> 3
+    """The Request oneof field number of one framed message, or None if it is not a request
+    (or has no kind set)."""
+    request = hrwire.parse_request(frame)
+    return request.kind if request is not None else None
 
 
 def reply_for(kind: int | None) -> bytes | None:
-    if kind == _REQ_STATS:
-        payload = _EMPTY_STATS_REPLY
-    elif kind in (_REQ_TERMINATE, _REQ_DRAIN_LISTENERS):
+    """The answer of a parent with nothing left to report, for the requests that need no
+    hold; None: no reply is expected."""
+    if kind == hrwire.Req.STATS:
+        return hrwire.empty_stats_reply()
+    if kind in (hrwire.Req.TERMINATE, hrwire.Req.DRAIN_LISTENERS, hrwire.Req.TEST_CONNECTION):
         return None
-    else:
-        payload = _DIDNT_RECOGNIZE
-    return _HEADER.pack(len(payload)) + payload
+    return hrwire.didnt_recognize()
 
 
 class ParentStandIn:
     """Bound at `path` from `start()` until `close()`; answers in a background thread."""
 
-    def __init__(self, path: Path, epoch: int) -> None:
+    def __init__(self, path: Path, epoch: int, hold: SocketHold | None = None,
+                 start_time_s: int = 0) -> None:
         self.path = path
         self.epoch = epoch
+        self.hold = hold
+        """Set when a generation restarts from this stand-in after a crash."""
+        self.start_time_s = start_time_s
+        self.sockets_given = 0
         self.terminate_received = threading.Event()
         self.requests_answered = 0
         self._sock: socket.socket | None = None
@@ -118,16 +112,36 @@ class ParentStandIn:
                 continue
             except OSError:
                 return
-            kind = request_kind(frame)
-            if kind == _REQ_TERMINATE:
+            request = hrwire.parse_request(frame)
+            kind = request.kind if request is not None else None
+            if kind == hrwire.Req.TERMINATE:
                 self.terminate_received.set()
+            if not sender:
+                continue
+            try:
+                self._answer(sock, request, kind, sender)
+            except OSError as exc:
+                log.warning("stand-in %d could not answer %s: %s", self.epoch, sender, exc)
+
+    def _answer(self, sock: socket.socket, request: hrwire.Request | None, kind: int | None,
+                sender: str) -> None:
+        if kind == hrwire.Req.PASS_LISTEN_SOCKET and request is not None:
+            if self.hold is not None and self.hold.send_fd(sock, request.address,
+                                                           request.worker_index, sender):
+                self.sockets_given += 1
+            elif self.hold is None:
+                sock.sendto(hrwire.pass_listen_socket_reply(-1), sender)
+        elif kind == hrwire.Req.SHUTDOWN_ADMIN:
+            # reuse_port default on: what the dead generation, started without a parent by a
+            # current Envoy, had; the child must build its listeners as it did to take the
+            # per-worker sockets.
+            sock.sendto(hrwire.shutdown_admin_reply(self.start_time_s, True), sender)
+        else:
             reply = reply_for(kind)
-            if reply is not None and sender:
-                try:
-                    sock.sendto(reply, sender)
-                    self.requests_answered += 1
-                except OSError as exc:
-                    log.warning("stand-in %d could not answer %s: %s", self.epoch, sender, exc)
+            if reply is None:
+                return
+            sock.sendto(reply, sender)
+        self.requests_answered += 1
 
     def close(self) -> None:
         self._stop.set()

@@ -20,7 +20,9 @@ from meshctl.envoy import xds
 from meshctl.envoy.admin import AdminClient, AdminUnavailable
 from meshctl.envoy.argv import LaunchSpec, build_argv, build_env
 from meshctl.envoy.hotrestart import HotRestartFiles
+from meshctl.envoy.sockethold import SocketHold
 from meshctl.envoy.standin import ParentStandIn
+from meshctl.manager import holding
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.pod import GenState, PodLedger
 from meshctl.manager.process import ChildProcess, reap_children
@@ -92,20 +94,24 @@ class Generations:
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
         self.prune_logs(keep_from=epoch - 5)
-        try:
-            process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ), log_path,
-                                         keeper=self.settings.keeper, idle=idle)
-        except OSError as exc:
-            raise errors.StartFailed(f"cannot start {binary}: {exc.strerror}") from exc
-        gen = Generation(
-            epoch=epoch, binary=binary, config=config, process=process,
-            admin=AdminClient(admin_file, timeout_s=1.0), log_path=log_path,
-            started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
-            xds_driven=xds.is_xds_driven(config),
-        )
-        self.by_epoch[epoch] = gen
-        if self.ledger is not None:
-            self.ledger.record(epoch, GenState.STARTING, pid=gen.pid, binary=str(binary))
+        # In a pod, the other slot's supervisor may pose as its live generation's child to take
+        # its sockets (`meshctl.manager.holding`): not while this one is started and recorded.
+        with holding.pod_lock(holding.lock_path(self.files) if self.ledger is not None
+                              else None):
+            try:
+                process = ChildProcess.spawn(build_argv(spec), build_env(spec, os.environ),
+                                             log_path, keeper=self.settings.keeper, idle=idle)
+            except OSError as exc:
+                raise errors.StartFailed(f"cannot start {binary}: {exc.strerror}") from exc
+            gen = Generation(
+                epoch=epoch, binary=binary, config=config, process=process,
+                admin=AdminClient(admin_file, timeout_s=1.0), log_path=log_path,
+                started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
+                xds_driven=xds.is_xds_driven(config),
+            )
+            self.by_epoch[epoch] = gen
+            if self.ledger is not None:
+                self.ledger.record(epoch, GenState.STARTING, pid=gen.pid, binary=str(binary))
         log.info("epoch %d: started pid %d (%s, %s)", epoch, gen.pid, binary, config)
         return gen
 
@@ -161,8 +167,14 @@ class Generations:
     def bind_stand_in(self, gen: Generation) -> bool:
         return self.bind_stand_in_for(gen.epoch)
 
-    def bind_stand_in_for(self, epoch: int) -> bool:
-        stand_in = ParentStandIn(self.files.parent_socket(epoch), epoch)
+    def bind_stand_in_for(self, epoch: int, hold: SocketHold | None = None,
+                          start_time_s: int = 0) -> bool:
+        """With `hold`: the stand-in a generation restarted after a crash hot-restarts from,
+        which hands it the held listening sockets (`meshctl.manager.holding`)."""
+        stale = self.stand_ins.pop(epoch, None)
+        if stale is not None:
+            stale.close()
+        stand_in = ParentStandIn(self.files.parent_socket(epoch), epoch, hold, start_time_s)
         try:
             stand_in.start()
         except OSError as exc:

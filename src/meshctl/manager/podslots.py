@@ -43,7 +43,7 @@ class PodSlotSteps(UpgradeSteps):
             self.files.remove_all()
         else:
             repair.clear_before_start(self.files, binary)
-            self.files.leave_dead_parent(epoch - 1)
+            self._parent_for_restart(epoch - 1)
         self.live = self.gens.spawn(binary, config, self.settings.drain, epoch=epoch,
                                 no_parent_ok=epoch > 0)
 
@@ -85,6 +85,9 @@ class PodSlotSteps(UpgradeSteps):
         upgrade.window = DrainWindow(upgrade.drain, started_at=now)
         upgrade.event(now, "drain_start")
         live.role = Role.DRAINING
+        # The other slot holds them now; ours, kept, would join a cold start's reuse_port
+        # group there after a crash, taking connections nobody accepts.
+        self.holding.drop(f"slot {entry.get('slot')} took over")
         assert self.ledger is not None
         self.ledger.record(live.epoch, GenState.DRAINING)
         log.info("slot %s took over with epoch %d: epoch %d drains", entry.get("slot"), epoch,

@@ -110,6 +110,18 @@ class PodJSON(TypedDict):
     serving: bool
 
 
+class HeldSocketsJSON(TypedDict):
+    """The listening sockets the supervisor holds (`meshctl.manager.holding`)."""
+
+    sockets: int
+    """One per worker where Envoy uses reuse_port."""
+    addresses: list[str]
+    pending: int
+    """Held for a generation restarted after a crash that has not asked for them yet."""
+    given: int
+    """Handed to restarted generations since the supervisor started."""
+
+
 class StatusSnapshot(TypedDict):
     """`meshctl status -o json`, and what the control socket's `status` answers."""
 
@@ -128,6 +140,7 @@ class StatusSnapshot(TypedDict):
     pod: PodJSON | None
     health: str | None
     xds: dict[str, Any] | None
+    held_sockets: HeldSocketsJSON
     drain_policy: SupervisorDrainJSON
 
 

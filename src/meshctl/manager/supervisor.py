@@ -22,8 +22,10 @@ A failed upgrade (N+1 exits, or misses its ready deadline):
                own binary and config takes over from N under epoch N+1 again, bringing the
                admin API back;
                then DRAINING as above, and the upgrade is recorded as rolled back.
-Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTING a fresh
-generation (`--skip-hot-restart-on-no-parent`); too many crashes in a window: FAILED.
+Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTING the next
+generation, which hot-restarts from a stand-in that hands it the listening sockets the
+supervisor held (`holding.py`): connections wait in their backlog instead of being refused.
+Too many crashes in a window: FAILED, and the held sockets are closed.
 In a pod (`--slot`, see `meshctl.manager.pod`), the new generation is started by the other
 slot's supervisor: RUNNING -> HANDING_OVER (ours drains) -> IDLE.
 
@@ -57,6 +59,7 @@ from meshctl.manager.drainwatch import DrainWatch
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.generations import Generations
 from meshctl.manager.health import HealthServer
+from meshctl.manager.holding import ListenerHolding, lock_path
 from meshctl.manager.initwatch import InitWatch
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
@@ -122,6 +125,9 @@ class Supervisor(PodSlotSteps):
         self.control = ControlServer(self.state.control_socket, lambda: self._snapshot,
                                      self.wakeup.wake)
         self.guard = XdsGuard(self.state.root / "gate.sock", self.clock)
+        self.holding = ListenerHolding(self.files, settings.concurrency, self.clock, self.ledger,
+                                       pending_s=settings.ready_timeout_s)
+        """Duplicates of the live generation's listening sockets: a crash refuses nothing."""
         self._base_id_lock: socket.socket | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -246,6 +252,7 @@ class Supervisor(PodSlotSteps):
 
     def _final_cleanup(self) -> None:
         """Whatever happened, leave no process and no file of ours behind."""
+        self.holding.drop("the supervisor stops")
         for gen in self.gens.alive():
             gen.process.send(signal.SIGKILL)
         deadline = Deadline(self.clock, 5.0)
@@ -264,6 +271,8 @@ class Supervisor(PodSlotSteps):
             if self.ledger is None or self.settings.slot is None or not self.ledger.slot_alive(
                     other_slot(self.settings.slot)):
                 self.files.remove_all()
+                with contextlib.suppress(FileNotFoundError):
+                    lock_path(self.files).unlink()
             for gen in self.gens.by_epoch.values():
                 with contextlib.suppress(FileNotFoundError):
                     gen.admin.address_file.unlink()
@@ -373,12 +382,25 @@ class Supervisor(PodSlotSteps):
         if self.restart_at is not None and not self.restart_at.expired():
             return
         repair.clear_before_start(self.files, self.live.binary if self.live else None)
-        self.files.leave_dead_parent(self.gens.next_epoch - 1)
+        if self.ledger is None:  # in a pod, the epoch comes from the ledger: _start_in_pod
+            self._parent_for_restart(self.gens.next_epoch - 1)
         self.phase = transition(self.phase, Phase.STARTING)
         try:
             self._start_generation(no_parent_ok=True)
         except errors.StartFailed as exc:
             self._crashed(str(exc))
+
+    def _parent_for_restart(self, dead_epoch: int) -> None:
+        """What the restarted generation finds at its parent's socket: a stand-in with the held
+        sockets, or (nothing held) a dead socket, and it starts cold."""
+        started = self.live.started_wall if self.live is not None else self.clock.wall()
+        if self.holding.restart_from(dead_epoch):
+            if self.gens.bind_stand_in_for(dead_epoch, self.holding.hold, int(started)):
+                return
+            # A cold start binds new sockets: with reuse_port, ours would join their group
+            # and take a share of the new connections that nobody accepts.
+            self.holding.drop("the stand-in to hand them over could not bind")
+        self.files.leave_dead_parent(dead_epoch)
 
     # ----------------------------------------------------------------- stop
 
@@ -392,6 +414,9 @@ class Supervisor(PodSlotSteps):
         if self.phase is not Phase.STOPPING:
             self.phase = transition(self.phase, Phase.STOPPING)
             self.graceful_stop = graceful
+            # The live generation keeps its own sockets while it drains; a backlog must not
+            # outlive it in us.
+            self.holding.drop("the supervisor is stopping")
             if self.upgrade is not None:
                 self.upgrade.error = "supervisor stopped during the upgrade"
                 self._finish_upgrade("aborted", then=None)
@@ -503,12 +528,15 @@ class Supervisor(PodSlotSteps):
                 return
         if live.xds_driven:
             self.guard.observe(live)  # LDS may add or remove listeners at run time
+        self.holding.tick(live, self.gens.alive())
         if now - self._last_sample >= _CONNECTION_SAMPLE_S:
             self._last_sample = now
             live.connections = count_downstream(live.pid, live.listener_ports)
 
     def _fail(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
         log.error("%s", message)
+        # Clients fail fast instead of waiting in a backlog nobody will accept.
+        self.holding.drop(f"giving up ({message})")
         self.failure = message
         self.exit_code = code
         self.phase = transition(self.phase, Phase.FAILED)
@@ -541,6 +569,7 @@ class Supervisor(PodSlotSteps):
             "health": (f"{self.health.host}:{self.health.port}" if self.health is not None
                        else None),
             "xds": self.guard.status() if live is not None and live.xds_driven else None,
+            "held_sockets": self.holding.status(),
             "drain_policy": {
                 "drain_min_s": self.settings.drain.drain_min_s,
                 "drain_max_s": self.settings.drain.drain_max_s,

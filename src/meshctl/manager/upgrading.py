@@ -22,6 +22,7 @@ from meshctl.manager import repair
 from meshctl.manager.drainwatch import DrainWatch
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.generations import Generations
+from meshctl.manager.holding import ListenerHolding
 from meshctl.manager.initwatch import InitWatch, Restored
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
@@ -50,6 +51,7 @@ class UpgradeSteps:
     history: list[UpgradeRecord]
     gens: Generations
     guard: XdsGuard
+    holding: ListenerHolding
     files: HotRestartFiles
     ledger: PodLedger | None
     metrics: Metrics
@@ -62,6 +64,9 @@ class UpgradeSteps:
         raise NotImplementedError  # the supervisor's
 
     def _crashed(self, message: str) -> None:
+        raise NotImplementedError  # the supervisor's
+
+    def _parent_for_restart(self, dead_epoch: int) -> None:
         raise NotImplementedError  # the supervisor's
 
     def _new_upgrade(self, old: Generation, to_epoch: int, binary: Path, config: Path,
@@ -321,6 +326,7 @@ class UpgradeSteps:
 
     def _mark_live(self, gen: Generation) -> None:
         self.gens.went_live(gen)
+        self.holding.went_live(gen, self.gens.alive())
         if gen.xds_driven:  # what LDS, RDS, CDS and EDS gave it, and its listener ports
             self.guard.went_live(gen, self.upgrade.gate if self.upgrade is not None else None)
         self.metrics.set_live(gen.epoch, gen.version)

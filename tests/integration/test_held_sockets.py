@@ -1,0 +1,125 @@
+"""An Envoy that dies on its own refuses no connection: the supervisor holds duplicates of the
+live generation's listening sockets and hands them to the restarted generation (docs/
+reliability.md, "Crashes refuse nothing"). Real Envoy, real client sockets, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from meshctl.demo.loadgen import LoadGen, LoadStats
+from meshctl.exitcodes import ExitCode
+
+from .conftest import Meshctl, Ports, envoy_config, free_port
+
+pytestmark = pytest.mark.envoy
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The kernel's listening sockets on a loopback TCP port, by inode (/proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], int(fields[9])
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            found.add(inode)
+    return found
+
+
+def refused(port: int) -> bool:
+    """True when a connection is refused at once; False when it is accepted (or queued)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def split(stats: LoadStats, killed_mono: float) -> tuple[list[str], list[str]]:
+    """Failures in flight on the killed process (their connection was open before the kill:
+    they cannot be saved), and every other one (which must not exist)."""
+    lost, wrong = [], []
+    for f in stats.failures:
+        if f.error != "ConnectionRefusedError" and f.opened_mono < killed_mono:
+            lost.append(f.error)
+        else:
+            wrong.append(f"{f.error} on a connection opened {f.opened_mono - killed_mono:+.3f}s "
+                         f"after the kill (reused: {f.reused})")
+    return lost, wrong
+
+
+def test_a_crash_under_load_refuses_no_connection_and_the_restart_takes_the_same_sockets(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.start(config=envoy_config(workdir / "v1.yaml", ports))
+    held = meshctl.status()["held_sockets"]
+    assert held["sockets"] == 2 and held["addresses"] == [f"tcp://127.0.0.1:{ports.http}"], held
+    before = listening_inodes(ports.http)
+    assert len(before) == 2, before  # one per worker: Envoy's reuse_port
+
+    load = LoadGen("127.0.0.1", ports.http, keepalive_workers=2, new_conn_workers=4).start()
+    time.sleep(1.0)
+    pid = meshctl.status()["live"]["pid"]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    snap = meshctl.wait_for(lambda s: s["phase"] == "running" and s["live"]["pid"] != pid, 30,
+                            "the restart after the crash")
+    time.sleep(1.0)
+    stats = load.stop()
+
+    lost, wrong = split(stats, killed)
+    print({"traffic": stats.to_json() | {"failures": len(stats.failures)},
+           "in_flight_on_the_dead_process": len(lost), "held": snap["held_sockets"]})
+    assert not wrong, wrong
+    assert stats.ok > 0 and stats.errors.get("ConnectionRefusedError", 0) == 0
+    assert listening_inodes(ports.http) == before  # adopted, not bound anew
+    assert snap["held_sockets"]["given"] == 2 and snap["held_sockets"]["pending"] == 0
+    assert snap["crashes"]["total"] == 1
+
+
+def test_a_crash_loop_given_up_closes_the_held_sockets_so_clients_fail_fast(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.start("--max-restarts", "1", "--restart-window-s", "60",
+                  config=envoy_config(workdir / "v1.yaml", ports))
+    for _ in range(2):
+        pid = meshctl.status()["live"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        if _ == 0:
+            meshctl.wait_for(lambda s, pid=pid: s["phase"] == "running"
+                             and s["live"]["pid"] != pid, 30, "the restart")
+
+    assert meshctl.wait_exit(30) == ExitCode.FAILED
+    assert "closed 2 held listening socket(s): giving up" in meshctl.supervisor_log()
+    assert refused(ports.http)
+
+
+def test_a_stopping_supervisor_leaves_no_backlog_behind(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.start(config=envoy_config(workdir / "v1.yaml", ports))
+    assert meshctl.status()["held_sockets"]["sockets"] == 2
+    meshctl.signal(signal.SIGTERM)
+    assert meshctl.wait_exit(60) == 0
+    assert "closed 2 held listening socket(s): the supervisor is stopping" in \
+        meshctl.supervisor_log()
+    assert refused(ports.http)
+
+
+def test_a_listener_the_new_config_removes_refuses_at_once_not_when_the_drain_ends(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    extra = free_port()
+    meshctl.start("--drain-min-s", "30", "--drain-max-s", "60",
+                  config=envoy_config(workdir / "v1.yaml", ports, extra_listener=extra))
+    assert meshctl.status()["held_sockets"]["sockets"] == 4
+    done = meshctl.cli("upgrade", "--config", str(envoy_config(workdir / "v2.yaml", ports)),
+                       "-o", "json")
+    assert done.returncode == 0, done.stderr
+    snap = meshctl.wait_for(lambda s: s["phase"] == "draining", 30, "the old one draining")
+
+    assert snap["held_sockets"]["sockets"] == 2
+    assert snap["held_sockets"]["addresses"] == [f"tcp://127.0.0.1:{ports.http}"]
+    assert refused(extra)  # not queued in a socket only we still held
+    assert not refused(ports.http)
