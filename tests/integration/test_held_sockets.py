@@ -4,10 +4,12 @@ reliability.md, "Crashes refuse nothing"). Real Envoy, real client sockets, kill
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,20 @@ from meshctl.demo.loadgen import LoadGen, LoadStats
 from meshctl.exitcodes import ExitCode
 
 from .conftest import Meshctl, Ports, envoy_config, free_port
+from .test_xds import Mesh, _start
+
+
+@contextlib.contextmanager
+def xds_mesh(workdir: Path, ports: Ports) -> Iterator[Mesh]:
+    mesh = Mesh(workdir, ports)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
+
+
+def xds_start(meshctl: Meshctl, mesh: Mesh, envoy: Path) -> None:
+    _start(meshctl, mesh, envoy)
 
 pytestmark = pytest.mark.envoy
 
@@ -123,3 +139,55 @@ def test_a_listener_the_new_config_removes_refuses_at_once_not_when_the_drain_en
     assert snap["held_sockets"]["addresses"] == [f"tcp://127.0.0.1:{ports.http}"]
     assert refused(extra)  # not queued in a socket only we still held
     assert not refused(ports.http)
+
+
+# ----------------------------------------------------------------- listeners from a control plane
+
+def test_a_listener_lds_removes_is_no_longer_held(meshctl: Meshctl, ports: Ports,
+                                                  workdir: Path, envoy_new: Path) -> None:
+    with xds_mesh(workdir, ports) as mesh:
+        xds_start(meshctl, mesh, envoy_new)
+        removed = mesh.ports[1]
+        meshctl.wait_for(lambda s: s["held_sockets"]["sockets"] == 4, 15, "4 held sockets")
+
+        mesh.plane.set_snapshot(mesh.snapshot("2", ports=[ports.http]))
+        snap = meshctl.wait_for(lambda s: s["held_sockets"]["sockets"] == 2, 15,
+                                "the removed listener's sockets closed")
+
+        assert snap["held_sockets"]["addresses"] == [f"tcp://127.0.0.1:{ports.http}"]
+        assert refused(removed)
+
+
+def test_a_crash_while_the_control_plane_is_down_refuses_nothing_and_loses_only_what_was_in_flight(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_new: Path) -> None:
+    """The restarted generation goes LIVE with no listener (LDS has not answered); the held
+    sockets wait for it, queueing connections, and it takes them when the control plane is
+    back."""
+    with xds_mesh(workdir, ports) as mesh:
+        xds_start(meshctl, mesh, envoy_new)
+        meshctl.wait_for(lambda s: s["held_sockets"]["sockets"] == 4, 15, "4 held sockets")
+        loads = [LoadGen("127.0.0.1", port, keepalive_workers=1, new_conn_workers=2,
+                         timeout_s=20).start() for port in mesh.ports]
+        time.sleep(1.0)
+        mesh.plane.go_down()
+        pid = meshctl.status()["live"]["pid"]
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        meshctl.wait_for(lambda s: s["phase"] == "running" and s["live"]["pid"] != pid, 30,
+                         "the restart, LIVE without its listeners")
+        pending = meshctl.status()["held_sockets"]
+        time.sleep(2.0)
+        mesh.plane.come_back()
+        snap = meshctl.wait_for(lambda s: s["held_sockets"]["pending"] == 0, 30,
+                                "the restarted generation taking the held sockets")
+        time.sleep(1.0)
+        stats = LoadStats()
+        for load in loads:
+            stats.merge(load.stop())
+
+    lost, wrong = split(stats, killed)
+    print({"traffic": stats.to_json(), "in_flight_on_the_dead_process": len(lost),
+           "pending_at_live": pending, "held": snap["held_sockets"]})
+    assert pending["pending"] == 4, pending
+    assert not wrong, wrong
+    assert snap["held_sockets"]["given"] == 4
