@@ -57,15 +57,20 @@ def refused(port: int) -> bool:
 
 
 def split(stats: LoadStats, killed_mono: float) -> tuple[list[str], list[str]]:
-    """Failures in flight on the killed process (their connection was open before the kill:
-    they cannot be saved), and every other one (which must not exist)."""
+    return in_flight_on(stats, [killed_mono])
+
+
+def in_flight_on(stats: LoadStats, kills: list[float]) -> tuple[list[str], list[str]]:
+    """Failures in flight on a killed process (their connection was open before a kill and
+    failed after it: they cannot be saved), and every other one (which must not exist)."""
     lost, wrong = [], []
     for f in stats.failures:
-        if f.error != "ConnectionRefusedError" and f.opened_mono < killed_mono:
+        if f.error != "ConnectionRefusedError" and any(
+                f.opened_mono < k <= f.failed_mono for k in kills):
             lost.append(f.error)
         else:
-            wrong.append(f"{f.error} on a connection opened {f.opened_mono - killed_mono:+.3f}s "
-                         f"after the kill (reused: {f.reused})")
+            wrong.append(f"{f.error} on a connection opened at {f.opened_mono:.3f}, failed at "
+                         f"{f.failed_mono:.3f}, kills at {kills} (reused: {f.reused})")
     return lost, wrong
 
 

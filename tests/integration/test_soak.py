@@ -1,9 +1,13 @@
 """Fifty upgrades in a row under traffic, alternating Envoy 1.39.3 and 1.40.0, every fifth one
-failing (a listener port taken: the case that wedges Envoy's hot restart): no failed request,
-and nothing accumulates in the supervisor or on the host."""
+failing (a listener port taken: the case that wedges Envoy's hot restart), and five kill -9 of
+the live Envoy between them (each restart takes the held listening sockets): no failed request
+but the ones in flight on a killed process, and nothing accumulates in the supervisor (file
+descriptors: held sockets, stand-ins) or on the host."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ from meshctl.manager import operations
 
 from .conftest import Meshctl, Ports, envoy_config
 from .test_failures import Traffic
+from .test_held_sockets import in_flight_on
 
 pytestmark = pytest.mark.envoy
 
@@ -40,10 +45,11 @@ def test_fifty_upgrades_with_every_fifth_failing_lose_no_request_and_leak_nothin
         meshctl: Meshctl, ports: Ports, workdir: Path, envoy_old: Path, envoy_new: Path) -> None:
     config = envoy_config(workdir / "v1.yaml", ports)
     meshctl.start("--drain-min-s", "0.2", "--drain-max-s", "10", "--stop-grace-s", "2",
-                  config=config, envoy=envoy_old)
+                  "--restart-window-s", "10", config=config, envoy=envoy_old)
     taken = socket.create_server(("127.0.0.1", 0))
     bad = envoy_config(workdir / "taken.yaml", ports, extra_listener=int(taken.getsockname()[1]))
     results: list[str] = []
+    kills: list[float] = []
     baseline: dict[str, object] = {}
     started = time.monotonic()
     try:
@@ -58,13 +64,21 @@ def test_fifty_upgrades_with_every_fifth_failing_lose_no_request_and_leak_nothin
                 assert record["result"] == ("rolled_back" if failing else "succeeded"), record
                 if i == 5:
                     baseline = footprint(meshctl)
+                if i % 10 == 7:  # a crash between upgrades
+                    pid = meshctl.status()["live"]["pid"]
+                    kills.append(time.monotonic())
+                    os.kill(pid, signal.SIGKILL)
+                    meshctl.wait_for(lambda s, pid=pid: s["phase"] == "running"
+                                     and s["live"]["pid"] != pid, 30, "the restart")
     finally:
         taken.close()
     elapsed = time.monotonic() - started
+    lost, wrong = in_flight_on(traffic.stats, kills)
     print({"elapsed_s": round(elapsed, 1), "traffic": traffic.stats.to_json(),
-           "baseline": baseline})
+           "in_flight_on_killed_processes": len(lost), "baseline": baseline})
 
-    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    assert not wrong and traffic.stats.http_error == 0, (wrong, traffic.stats.to_json())
+    assert len(kills) == 5 and meshctl.status()["crashes"]["total"] == 5
     assert results.count("rolled_back") == UPGRADES // 5
     snap = meshctl.status()
     live = snap["live"]
