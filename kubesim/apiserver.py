@@ -225,6 +225,10 @@ class ApiServer:
             emulator.resources["v1/pods"] = kmock.ResourceInfo(
                 kind="Pod", namespaced=True, subresources={"status"})
             emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
+            # What meshctl's disruption-budget checks list (kmock would guess it from the path;
+            # declared, so the kind and scope are the real API server's).
+            emulator.resources["policy/v1/poddisruptionbudgets"] = kmock.ResourceInfo(
+                kind="PodDisruptionBudget", namespaced=True, subresources={"status"})
             self._emulator = emulator
             self.url = str(server.url).rstrip("/")
             self._ready.set()

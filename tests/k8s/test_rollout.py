@@ -150,10 +150,15 @@ def test_a_rollout_follows_the_pods_with_one_watch_and_few_requests_per_pod(
     assert requests["total"] == len(seen)
     assert requests["per_pod"] <= 8
     watches = [r for r in seen if r.query.get("watch") == "true"]
-    lists = [r for r in seen if r.method == "GET" and r.query.get("watch") != "true"]
+    lists = [r for r in seen if r.method == "GET" and r.query.get("watch") != "true"
+             and r.resource == "pods"]
     assert len(watches) == 1 and watches[0].name is None  # the selector, not a pod
     assert watches[0].query.get("labelSelector") == SELECTOR
     assert len(lists) == 1 and lists[0].name is None  # no per-pod reads, no polling
+    # The disruption budgets, read again before each batch starts (none here, and the pods
+    # have no controller: no list of the namespace's pods).
+    budget_lists = [r for r in seen if r.resource == "poddisruptionbudgets"]
+    assert len(budget_lists) == len(summary(result)["batches"])
     per_pod = [p["api_requests"] for p in summary(result)["pods"]]
     assert per_pod == [2] * 20  # start, retire
 

@@ -129,6 +129,7 @@ TABLE: dict[tuple[str, str], tuple[list[str], int]] = {
     ("rollout", "--pod-timeout"): ([*ROLLOUT, "--pod-timeout", "-1"], REFUSED),
     ("rollout", "--retry-failed"): ([*ROLLOUT, "--retry-failed=yes"], REFUSED),
     ("rollout", "--events"): ([*ROLLOUT, "--events", "sometimes"], REFUSED),
+    ("rollout", "--force"): ([*ROLLOUT, "--force=yes"], REFUSED),
     ("rollout", "--dry-run"): ([*ROLLOUT, "--dry-run=yes"], REFUSED),
     ("rollout", "--output"): ([*ROLLOUT, "--output", "yaml"], REFUSED),
     ("rollout", "--context"): ([*ROLLOUT, "--context"], REFUSED),

@@ -258,7 +258,9 @@ def upgrade(
     ] = False,
     force: Annotated[bool, typer.Option(
         "--force", help="xDS: start even though the live generation is disconnected from its "
-                        "control plane (the new one is still held until it has its config).")
+                        "control plane (the new one is still held until it has its config). "
+                        "Pod mode: swap the only Ready pod of its controller although no "
+                        "PodDisruptionBudget covers it.")
     ] = False,
     accept_listener_change: Annotated[bool, typer.Option(
         "--accept-listener-change",
@@ -267,7 +269,9 @@ def upgrade(
     out: OutputOpt = output.Format.TEXT,
     pod: Annotated[str | None, typer.Option(
         "--pod", help="Pod mode: swap the proxy image inside this running pod (two proxy "
-                      "slots, see `meshctl inject`); --timeout bounds the new slot's start.")
+                      "slots, see `meshctl inject`) once its PodDisruptionBudgets allow it; "
+                      "--timeout bounds that wait (exit 4 past it), then the new slot's "
+                      "start.")
     ] = None,
     namespace: Annotated[str | None, typer.Option(
         "--namespace", "-n", help="Pod mode: the pod's namespace (default: the context's).")
@@ -288,7 +292,7 @@ def upgrade(
     if pod is not None or image is not None:
         pod_cli.upgrade_pod(pod=pod, namespace=namespace, image=image, context=context,
                             kubeconfig=kubeconfig, dry_run=dry_run, timeout_s=timeout_s,
-                            out=out, envoy=envoy, config=config)
+                            out=out, envoy=envoy, config=config, force=force)
         return
     pod_only = [flag for flag, value in (("--namespace", namespace), ("--context", context),
                                          ("--kubeconfig", kubeconfig), ("--dry-run", dry_run))

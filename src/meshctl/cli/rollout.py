@@ -134,6 +134,10 @@ def rollout(
         "--events", help="Kubernetes Events on the pods: for every outcome (all), for the pods "
                          "that did not end upgraded (failures), or none.")
     ] = EventPolicy.FAILURES,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Swap a pod that is the only Ready pod of its controller although no "
+                        "PodDisruptionBudget covers it (skipped otherwise). Budgets are "
+                        "always respected.")] = False,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (batches, pods, patches); change nothing.")] = False,
     out: OutputOpt = output.Format.TEXT,
@@ -145,6 +149,9 @@ def rollout(
     A canary first, then --max-parallel pods at a time.
     Each failed pod is rolled back: its old slot never stopped serving.
     Pods that are not Ready or lack the two proxy slots are skipped and reported.
+    PodDisruptionBudgets are respected, whatever --max-parallel says:
+    a pod whose budget allows no disruption now waits (within --timeout,
+    or --pod-timeout without it).
 
     The state is kept in the pods (annotation meshctl.io/rollout).
     Run the same command again to continue after a pause, --timeout, a signal or a crash.
@@ -179,7 +186,7 @@ def rollout(
     parsed = selectors.parse(selector)
     reference.parse(image)  # refused here, before any connection
     settings = rollout_plan.RolloutSettings(timeout_s=timeout_s, pod_timeout_s=pod_timeout_s,
-                                            events=events)
+                                            events=events, force=force)
     stop = StopFlag()
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"),
                       context=context) as connection:
@@ -298,6 +305,8 @@ class _Bar:
                 self._advance()
             self.progress.console.print(f"{where}: skipped: {event.get('reason')}",
                                         markup=False)
+        elif kind is RolloutEvent.BUDGET_WAIT:
+            self.progress.console.print(f"{where}: held: {event.get('reason')}", markup=False)
         elif kind is RolloutEvent.NOTE:
             self.progress.console.print(str(event.get("message")), markup=False)
         if self.task is not None:
@@ -368,6 +377,10 @@ def _print_report(report: RolloutReport, out: output.Format) -> None:
     per_pod = "" if requests["per_pod"] is None else f", {requests['per_pod']} per pod started"
     output.echo(f"{counts}; API requests {requests['total']}{per_pod} (list and watch "
                f"{requests['list_and_watch']}); {record['elapsed_s']:.1f}s")
+    for budget in record.get("budgets") or []:
+        output.echo(f"PodDisruptionBudget {budget['namespace']}/{budget['name']}: allowed "
+                   f"{budget['allowed_at_start']} at the start; {budget['waits']} pod(s) held; "
+                   f"at most {budget['max_mid_swap']} of its pods mid-swap at once")
 
 
 def _print_plan(plan: dict[str, Any]) -> None:

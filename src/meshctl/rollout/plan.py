@@ -44,6 +44,9 @@ class RolloutEvent(enum.StrEnum):
     POD_ROLLED_BACK = "pod_rolled_back"
     POD_FAILED = "pod_failed"
     POD_SKIPPED = "pod_skipped"
+    BUDGET_WAIT = "budget_wait"
+    """A pod's start is held by a disruption budget (or its controller's other pods are
+    mid-swap); again when the numbers that hold it change."""
     BATCH_DONE = "batch_done"
     ROLLOUT_DONE = "rollout_done"
     NOTE = "note"
@@ -95,6 +98,8 @@ class SkipReason(enum.Enum):
     FAILED_EARLIER = "failed_earlier"
     CHANGED = "changed"
     DELETED = "deleted"
+    ONLY_READY = "only_ready"
+    """The only Ready pod of its controller, and no disruption budget covers it (--force)."""
 
 
 class BatchKind(enum.Enum):
@@ -173,6 +178,9 @@ class RolloutSettings:
     """Patches tried per pod when its images changed between our read and our write."""
     events: EventPolicy = EventPolicy.FAILURES
     """Which pod outcomes are recorded as Kubernetes Events on the pod."""
+    force: bool = False
+    """Swap a pod that is the only Ready pod of its controller although no disruption budget
+    covers it (budgets are always respected)."""
 
 
 @dataclass(frozen=True)

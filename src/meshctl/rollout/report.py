@@ -10,6 +10,7 @@ from typing import Any, NotRequired, TypedDict
 from meshctl.clock import Deadline
 from meshctl.podswap.plan import SwapPlan
 from meshctl.rollout import plan as rp
+from meshctl.rollout.gate import BudgetJson
 from meshctl.rollout.plan import Batch, Counts, PodKey, RolloutResult, RolloutSpec
 from meshctl.rollout.record import PodPhase, RolloutRecord
 
@@ -32,6 +33,8 @@ class PodResultJson(TypedDict):
     detail: str | None
     resumed: NotRequired[bool]
     reason_code: NotRequired[str]
+    budget_wait_s: NotRequired[float]
+    """How long a disruption budget held its start."""
 
 
 class BatchJson(TypedDict):
@@ -66,6 +69,8 @@ class ReportJson(TypedDict):
     cpu_s: float
     plan: NotRequired[dict[str, Any]]
     """A dry run's plan."""
+    budgets: NotRequired[list[BudgetJson]]
+    """The PodDisruptionBudgets over the pods started (or held): waits, most mid-swap."""
 
 
 @dataclass
@@ -90,6 +95,8 @@ class PodRun:
     retire_tries: int = 0
     planned_version: str | None = None
     """The resourceVersion `swap` was planned from: unchanged at the start, no re-plan."""
+    held_s: float | None = None
+    """How long a disruption budget held its start (None: not held)."""
 
     def to_dict(self) -> PodResultJson:
         swap = self.swap
@@ -109,6 +116,8 @@ class PodRun:
             record["resumed"] = True
         if self.reason_code:
             record["reason_code"] = self.reason_code
+        if self.held_s is not None:
+            record["budget_wait_s"] = round(self.held_s, 3)
         return record
 
 
@@ -127,6 +136,7 @@ class RolloutReport:
     cpu_s: float
     plan: dict[str, Any] | None = None
     batch_outcomes: dict[int, dict[str, int]] = field(default_factory=dict)
+    budgets: list[BudgetJson] = field(default_factory=list)
 
     @property
     def exit_code(self) -> rp.RolloutExit:
@@ -157,6 +167,8 @@ class RolloutReport:
         }
         if self.plan is not None:
             record["plan"] = self.plan
+        if self.budgets:
+            record["budgets"] = self.budgets
         return record
 
     def _batch(self, batch: Batch) -> BatchJson:

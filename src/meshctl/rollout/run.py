@@ -49,7 +49,9 @@ from meshctl.kube import (
     WatchExpired,
 )
 from meshctl.podswap import plan
+from meshctl.podswap.budget import Check, Verdict
 from meshctl.rollout import plan as rp
+from meshctl.rollout.gate import Gate, Held, has_controller, numbers
 from meshctl.rollout.plan import (
     Action,
     Batch,
@@ -144,6 +146,8 @@ class _Rollout:
         self.events_ok = True
         self.deadline_hit = False
         self.aborted: str | None = None
+        self.gate = Gate(kube, clock, force=settings.force)
+        self.held: dict[PodKey, Held] = {}
 
     # ------------------------------------------------------------------ the run
 
@@ -229,12 +233,9 @@ class _Rollout:
             for key in batch.pods:
                 run = self.runs[key]
                 run.batch, run.canary = batch.index, batch.kind is BatchKind.CANARY
-                if run.phase is not PodPhase.PENDING:
-                    continue  # deleted meanwhile
-                if run.resumed:
-                    self._resume(run)
-                else:
-                    self._start(run)
+                if run.phase is PodPhase.PENDING and run.resumed:
+                    self._resume(run)  # mid-swap already: no budget to ask
+            self._admit(batch)
             self._follow(batch)
             self._batch_done(batch)
             if self._stopping():
@@ -249,14 +250,19 @@ class _Rollout:
 
     def _follow(self, batch: Batch) -> None:
         """Until every pod of the batch has an outcome (or the rollout must stop)."""
-        in_flight = [self.runs[k] for k in batch.pods]
+        runs = [self.runs[k] for k in batch.pods]
         while True:
-            in_flight = [r for r in in_flight if r.phase in _IN_FLIGHT]
-            if not in_flight:
+            in_flight = [r for r in runs if r.phase in _IN_FLIGHT]
+            held = [r for r in runs if r.phase is PodPhase.PENDING]
+            if not in_flight and not held:
                 return
             if self._stopping():
                 self._interrupt(self._stop_reason())
+                self._release(held)
                 return
+            if held and self.gate.due(self._mid_swap_count()):
+                self._admit(batch)
+                continue
             event = self._next_event(self._wait_s(in_flight))
             # The events already delivered are taken in a burst (bounded, so that a busy
             # stream cannot hold off the deadlines), then the deadlines are looked at once.
@@ -266,6 +272,66 @@ class _Rollout:
                 taken += 1
                 event = self._next_event(0.0) if taken < _BURST else None
             self._check_deadlines(in_flight)
+
+    # ------------------------------------------------------------------ disruption budgets
+
+    def _admit(self, batch: Batch) -> None:
+        """Start the batch's pods not started yet, as far as their disruption budgets allow
+        now (a fresh read of the budgets and the pods: `rollout.gate`); hold the others."""
+        pending = [self.runs[k] for k in batch.pods if self.runs[k].phase is PodPhase.PENDING]
+        if not pending:
+            return
+        mid_swap = {k for k, r in self.runs.items() if r.phase in _IN_FLIGHT}
+        owners = has_controller(self.latest[r.key] for r in pending if r.key in self.latest)
+        checks = self.gate.admit([r.key for r in pending], mid_swap, owners=owners)
+        for run in pending:
+            check = checks.get(run.key)
+            if check is None or check.verdict is Verdict.GO:
+                held = self.held.pop(run.key, None)
+                if held is not None:
+                    run.held_s = self.clock.monotonic() - held.since_s
+                self._start(run)
+            elif check.verdict is Verdict.REFUSE:
+                self._skip(run, rp.SkipReason.ONLY_READY, check.reason)
+            else:
+                self._hold(run, check)
+        self.gate.started({k for k, r in self.runs.items() if r.phase in _IN_FLIGHT})
+
+    def _hold(self, run: PodRun, check: Check) -> None:
+        """A budget holds the pod: an event when it starts waiting or the numbers change;
+        failed past --pod-timeout when the rollout has no --timeout of its own."""
+        held = self.held.get(run.key)
+        if held is None:
+            bound = self.settings.pod_timeout_s if self.deadline is None else None
+            held = Held(self.clock.monotonic(),
+                        Deadline(self.clock, bound) if bound is not None else None)
+            self.held[run.key] = held
+            self.gate.held(check)
+        run.held_s = self.clock.monotonic() - held.since_s
+        if held.deadline is not None and held.deadline.expired():
+            self.held.pop(run.key)
+            run.reason_code = "budget"
+            self._end(run, PodPhase.FAILED, f"not started: held {run.held_s:.0f}s (past "
+                                            f"--pod-timeout): {check.reason}")
+            return
+        run.detail = f"held: {check.reason}"
+        if check.reason != held.reason:
+            held.reason = check.reason
+            self._emit(RolloutEvent.BUDGET_WAIT, run, reason=check.reason,
+                       budgets=[numbers(c) for c in check.blocking],
+                       waited_s=round(run.held_s, 3))
+
+    def _release(self, held: Iterable[PodRun]) -> None:
+        """At the deadline or on a signal: the pods still held are not started (the same
+        command starts them later); their detail says what held them."""
+        for run in held:
+            state = self.held.pop(run.key, None)
+            if state is not None:
+                run.held_s = self.clock.monotonic() - state.since_s
+                run.detail = f"not started ({self._stop_reason()}): {state.reason}"
+
+    def _mid_swap_count(self) -> int:
+        return sum(1 for r in self.runs.values() if r.phase in _IN_FLIGHT)
 
     def _wait_s(self, runs: Iterable[PodRun]) -> float:
         wait = TICK_S
@@ -574,6 +640,7 @@ class _Rollout:
                          "result": result.value, "exit_code": int(result.exit_code),
                          "message": message, "counts": counts.to_dict(),
                          "api_requests": report.api_requests,
+                         **({"budgets": report.budgets} if report.budgets else {}),
                          "elapsed_s": round(report.elapsed_s, 3)})
         return report
 
@@ -643,7 +710,7 @@ class _Rollout:
             watch_connections=self.watch_connections,
             elapsed_s=self.clock.monotonic() - self.t0,
             cpu_s=time.process_time() - self.cpu0, plan=plan,
-            batch_outcomes=self.batch_outcomes)
+            batch_outcomes=self.batch_outcomes, budgets=self.gate.summary())
 
     def _dry_run_plan(self, selection: rp.Selection) -> dict[str, Any]:
         """The batches and, for each pod, the patches it would get."""
