@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,100 @@ def test_a_crash_while_the_control_plane_is_down_refuses_nothing_and_loses_only_
     assert pending["pending"] == 4, pending
     assert not wrong, wrong
     assert snap["held_sockets"]["given"] == 4
+
+
+# ----------------------------------------------------------------- UDP
+
+UDP_LISTENER = """
+  - name: udp
+    address:
+      socket_address: {{protocol: UDP, address: 127.0.0.1, port_value: {port}}}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: udp
+        matcher:
+          on_no_match:
+            action:
+              name: route
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route
+                cluster: udp_echo
+"""
+UDP_CLUSTER = """  clusters:
+  - name: udp_echo
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: udp_echo
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: {port}}}
+"""
+
+
+def udp_inodes(port: int) -> set[int]:
+    found = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            found.add(int(fields[9]))
+    return found
+
+
+@contextlib.contextmanager
+def udp_echo() -> Iterator[int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = False
+
+    def serve() -> None:
+        while not stop:
+            with contextlib.suppress(TimeoutError, OSError):
+                data, peer = sock.recvfrom(2048)
+                sock.sendto(data, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        stop = True
+        thread.join(2)
+        sock.close()
+
+
+def echoed(port: int, payload: bytes, timeout_s: float = 2.0) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(timeout_s)
+        client.sendto(payload, ("127.0.0.1", port))
+        try:
+            return client.recv(2048) == payload
+        except TimeoutError:
+            return False
+
+
+def test_udp_listening_sockets_are_held_and_handed_over_too(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    udp_port = free_port()
+    with udp_echo() as echo_port:
+        config = envoy_config(workdir / "v1.yaml", ports)
+        config.write_text(config.read_text() + UDP_LISTENER.format(port=udp_port)
+                          + UDP_CLUSTER.format(port=echo_port))
+        meshctl.start(config=config)
+        held = meshctl.status()["held_sockets"]
+        assert f"udp://127.0.0.1:{udp_port}" in held["addresses"] and held["sockets"] == 4
+        before = udp_inodes(udp_port)
+        assert echoed(udp_port, b"before")
+
+        pid = meshctl.status()["live"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        meshctl.wait_for(lambda s: s["phase"] == "running" and s["live"]["pid"] != pid, 30,
+                         "the restart")
+
+        assert udp_inodes(udp_port) == before  # the same sockets, never unbound
+        assert any(echoed(udp_port, b"after %d" % i) for i in range(5))

@@ -113,19 +113,19 @@ class AdminClient:
         )
 
     def listener_ports(self) -> frozenset[int]:
-        """TCP ports of the data-plane listeners (never the admin port)."""
-        return frozenset(port for proto, _, port in self.listener_addresses()
-                         if proto == "tcp")
+        """Ports of the data-plane listeners (never the admin port)."""
+        return frozenset(port for _, port in self.listener_addresses())
 
     def listen_urls(self) -> frozenset[str]:
-        """Every data-plane listening address as Envoy's hot restart names it
-        (`tcp://127.0.0.1:10000`, `udp://[::]:53`): what a child asks its parent for."""
+        """Every data-plane listening address as Envoy's hot restart names it, once as TCP and
+        once as UDP (`tcp://127.0.0.1:10000`, `udp://[::]:53`): /listeners does not say which
+        a listener is, and a parent answers fd -1 for the one it does not have."""
         return frozenset(f"{proto}://[{host}]:{port}" if ":" in host
                          else f"{proto}://{host}:{port}"
-                         for proto, host, port in self.listener_addresses())
+                         for host, port in self.listener_addresses() for proto in ("tcp", "udp"))
 
-    def listener_addresses(self) -> frozenset[tuple[str, str, int]]:
-        """(tcp|udp, host, port) of every active listener's addresses, as bound."""
+    def listener_addresses(self) -> frozenset[tuple[str, int]]:
+        """(host, port) of every active listener's addresses, as bound."""
         status, body = self._request("GET", "/listeners?format=json")
         if status != 200:
             raise AdminUnavailable(f"/listeners answered {status}")
@@ -133,7 +133,7 @@ class AdminClient:
             statuses = json.loads(body).get("listener_statuses", [])
         except (ValueError, AttributeError) as exc:
             raise AdminUnavailable(f"/listeners: not JSON ({exc})") from exc
-        found: set[tuple[str, str, int]] = set()
+        found: set[tuple[str, int]] = set()
         for listener in statuses if isinstance(statuses, list) else []:
             for key in ("local_address", "additional_local_addresses"):
                 value = listener.get(key) if isinstance(listener, dict) else None
@@ -141,8 +141,7 @@ class AdminClient:
                     sa = (address or {}).get("socket_address", {})
                     port, host = sa.get("port_value"), sa.get("address")
                     if isinstance(port, int) and port > 0 and isinstance(host, str):
-                        proto = "udp" if sa.get("protocol") == "UDP" else "tcp"
-                        found.add((proto, host, port))
+                        found.add((host, port))
         return frozenset(found)
 
     def get_json(self, path: str) -> object:

@@ -72,6 +72,16 @@ class Generations:
         if epoch is None:
             epoch = self.next_epoch
         self.next_epoch = epoch + 1
+        xds_driven = xds.is_xds_driven(config)
+        parent_shutdown_s = policy.envoy_parent_shutdown_time_s
+        holder = self.stand_ins.get(epoch - 1)
+        if holder is not None and holder.hold is not None:
+            # A restart after a crash, from the stand-in holding the sockets: its parent is
+            # dead, nothing drains. Envoy keeps UDP listeners paused until it terminates its
+            # parent (hot_restarting_child.cc: allDrainsImplicitlyComplete), so it should do
+            # so at once; but not before it has asked for every held socket, which an
+            # xDS-driven one does when LDS answers, within the pending window.
+            parent_shutdown_s = int(self.settings.ready_timeout_s) + 5 if xds_driven else 1
         admin_file = self.state.admin_address_file(epoch)
         with contextlib.suppress(FileNotFoundError):
             admin_file.unlink()  # a stale address would make us poll someone else
@@ -79,7 +89,7 @@ class Generations:
             binary=binary, config=config, base_id=self.settings.base_id, epoch=epoch,
             socket_prefix=self.state.socket_prefix, admin_address_path=admin_file,
             drain_time_s=policy.envoy_drain_time_s,
-            parent_shutdown_time_s=policy.envoy_parent_shutdown_time_s,
+            parent_shutdown_time_s=parent_shutdown_s,
             drain_strategy=str(policy.strategy), concurrency=self.settings.concurrency,
             extra_args=self.settings.extra_args, no_parent_ok=no_parent_ok,
             config_yaml=config_yaml,
@@ -107,7 +117,7 @@ class Generations:
                 epoch=epoch, binary=binary, config=config, process=process,
                 admin=AdminClient(admin_file, timeout_s=1.0), log_path=log_path,
                 started_mono=self.clock.monotonic(), started_wall=self.clock.wall(),
-                xds_driven=xds.is_xds_driven(config),
+                xds_driven=xds_driven,
             )
             self.by_epoch[epoch] = gen
             if self.ledger is not None:
