@@ -75,7 +75,7 @@ class FastKubelet(FakeKubelet):
     def _reconcile(self, name: str, pod: dict[str, Any]) -> None:
         version = str((pod.get("metadata") or {}).get("resourceVersion"))
         state = self._pods.get(name)
-        settled = state is not None and '"ready": false' not in state.written
+        settled = state is not None and state.settled
         if self._seen.get(name) == version and settled:
             return
         self._seen[name] = version

@@ -12,7 +12,7 @@ from kubernetes import client as k8s
 from kubesim.kubelet import FakeImage, FakeKubelet, FakeRuntime
 from typer.testing import Result
 
-from tests.k8s.conftest import NAMESPACE, app_pod
+from tests.k8s.conftest import APP_IMAGE, NAMESPACE, app_pod
 
 SELECTOR = "app=web"
 NEVER = FakeImage(ready_after_s=None)
@@ -24,7 +24,7 @@ class FleetRuntime(FakeRuntime):
     fails in two pods of twenty), and every container start is recorded."""
 
     def __init__(self, images: Mapping[str, FakeImage] | None = None) -> None:
-        super().__init__(images)
+        super().__init__(images, default=APP_IMAGE)
         self.per_pod: dict[tuple[str, str], FakeImage] = {}
         self.starts: list[tuple[str, str, str]] = []
         """(pod, container, image) of every container started, in order."""
