@@ -16,6 +16,7 @@ import itertools
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class _Proc:
     popen: subprocess.Popen[bytes]
     health_port: int | None
     log: Path
+    started_at: float
 
 
 class ProcessRuntime:
@@ -70,7 +72,7 @@ class ProcessRuntime:
         with log.open("wb") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs[container_id] = _Proc(popen, port, log)
+        self.procs[container_id] = _Proc(popen, port, log, time.monotonic())
         return container_id
 
     def _local(self, args: list[str], pod: str, port: int) -> list[str]:
@@ -89,6 +91,10 @@ class ProcessRuntime:
             else:
                 mapped.append(arg)
         return [*mapped, "--drain-min-s", "0.5"] if "--slot" in mapped else mapped
+
+    def started_at(self, container_id: str) -> float | None:
+        proc = self.procs.get(container_id)
+        return None if proc is None else proc.started_at
 
     def stop(self, container_id: str) -> None:
         proc = self.procs.get(container_id)
