@@ -208,12 +208,14 @@ class Meshctl:
         self.envoy_pids: dict[int, float] = {}
         """Every Envoy pid seen in a status, with its start time: the leak check's list."""
         self.base_id: int | None = None
+        self.wrap: list[str] = []
+        """A command the supervisor is started under (setpriv: no capabilities)."""
 
     # -- the supervisor
 
     def start(self, *args: str, config: Path | None = None, envoy: Path | None = None,
               wait: bool = True, timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.run_dir),
+        cmd = [*self.wrap, sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.run_dir),
                "--envoy", str(envoy or self.envoy), "--health-address", "127.0.0.1:0",
                "--log-level", "debug"]
         if config is not None:
@@ -344,3 +346,18 @@ def upstream() -> Iterator[EchoUpstream]:
     up = EchoUpstream()
     yield up
     up.close()
+
+
+@pytest.fixture
+def pod(workdir: Path, envoy_new: Path) -> Iterator[tuple[Meshctl, Meshctl]]:
+    a, b = Meshctl(workdir, envoy_new, slot="a"), Meshctl(workdir, envoy_new, slot="b")
+    yield a, b
+    leaks = a.shutdown(check_files=False) + b.shutdown(check_files=False)
+    hr = workdir / "state" / "hr"
+    leaks += [f"socket file left: {p}" for p in hr.iterdir()] if hr.is_dir() else []
+    base = a.base_id or b.base_id
+    shm = Path("/dev/shm") / f"envoy_shared_memory_{10 * (base or 0)}"
+    if shm.exists():
+        leaks.append(f"shared memory left: {shm}")
+        shm.unlink()
+    assert not leaks, f"{leaks}\n{a.supervisor_log()[-2000:]}\n{b.supervisor_log()[-2000:]}"

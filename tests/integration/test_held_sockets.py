@@ -19,6 +19,7 @@ from meshctl.demo.loadgen import LoadGen, LoadStats
 from meshctl.exitcodes import ExitCode
 
 from .conftest import Meshctl, Ports, envoy_config, free_port
+from .test_pod_slots import swap
 from .test_xds import Mesh, _start
 
 
@@ -294,3 +295,49 @@ def test_udp_listening_sockets_are_held_and_handed_over_too(
 
         assert udp_inodes(udp_port) == before  # the same sockets, never unbound
         assert any(echoed(udp_port, b"after %d" % i) for i in range(5))
+
+
+# ----------------------------------------------------------------- in a pod, without privileges
+
+NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all",
+                   "--no-new-privs", "--"]
+"""As a proxy container runs: no capability at all (and none to gain), so no ptrace, no
+pidfd_getfd, nothing beyond what any user may do with Unix sockets."""
+
+
+def capabilities(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no CapEff line")
+
+
+def test_in_a_pod_without_capabilities_the_slot_that_took_over_holds_the_sockets_and_a_crash_refuses_nothing(  # noqa: E501
+        pod: tuple[Meshctl, Meshctl], ports: Ports, workdir: Path, envoy_new: Path) -> None:
+    a, b = pod
+    a.wrap = b.wrap = NO_CAPABILITIES
+    config = envoy_config(workdir / "v1.yaml", ports)
+    a.start("--drain-min-s", "0.5", config=config)
+    assert a.proc is not None and capabilities(a.proc.pid) == 0
+    assert a.status()["held_sockets"]["sockets"] == 2
+    before = listening_inodes(ports.http)
+
+    load = LoadGen("127.0.0.1", ports.http, keepalive_workers=2, new_conn_workers=4).start()
+    swap(a, b, config, envoy_new)
+    assert b.status()["held_sockets"]["sockets"] == 2
+    assert "closed 2 held listening socket(s): slot b took over" in a.supervisor_log()
+    time.sleep(0.5)
+    pid = b.status()["live"]["pid"]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    snap = b.wait_for(lambda s: s["phase"] == "running" and s["live"]["pid"] != pid, 30,
+                      "slot b's restart after the crash")
+    time.sleep(1.0)
+    stats = load.stop()
+
+    lost, wrong = split(stats, killed)
+    print({"traffic": stats.to_json(), "in_flight_on_the_dead_process": len(lost),
+           "held": snap["held_sockets"]})
+    assert not wrong, wrong
+    assert snap["held_sockets"]["given"] == 2
+    assert listening_inodes(ports.http) == before  # the sockets slot a's first Envoy bound

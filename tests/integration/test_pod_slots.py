@@ -8,7 +8,6 @@ import http.client
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,21 +28,6 @@ def ready(port: int) -> tuple[int, str]:
         return resp.status, resp.read().decode()
     finally:
         conn.close()
-
-
-@pytest.fixture
-def pod(workdir: Path, envoy_new: Path) -> Iterator[tuple[Meshctl, Meshctl]]:
-    a, b = Meshctl(workdir, envoy_new, slot="a"), Meshctl(workdir, envoy_new, slot="b")
-    yield a, b
-    leaks = a.shutdown(check_files=False) + b.shutdown(check_files=False)
-    hr = workdir / "state" / "hr"
-    leaks += [f"socket file left: {p}" for p in hr.iterdir()] if hr.is_dir() else []
-    base = a.base_id or b.base_id
-    shm = Path("/dev/shm") / f"envoy_shared_memory_{10 * (base or 0)}"
-    if shm.exists():
-        leaks.append(f"shared memory left: {shm}")
-        shm.unlink()
-    assert not leaks, f"{leaks}\n{a.supervisor_log()[-2000:]}\n{b.supervisor_log()[-2000:]}"
 
 
 def swap(old: Meshctl, new: Meshctl, config: Path, envoy: Path) -> dict[str, object]:
