@@ -387,13 +387,15 @@ class Supervisor:
     """`python -m meshctl run` in its own session, on a fresh state dir."""
 
     def __init__(self, root: Path, binary: Path, config: Path, *, drain_min_s: float,
-                 drain_max_s: float) -> None:
-        self.state_dir = root / "state"
+                 drain_max_s: float, state_dir: Path | None = None, log_level: str = "warning",
+                 extra_args: Sequence[str] = ()) -> None:
+        self.state_dir = state_dir or root / "state"
         self.log_path = root / "supervisor.log"
         self.argv = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.state_dir),
                      "--config", str(config), "--envoy", str(binary),
                      "--drain-min-s", f"{drain_min_s:g}", "--drain-max-s", f"{drain_max_s:g}",
-                     "--health-address", "127.0.0.1:0", "--log-level", "warning"]
+                     "--health-address", "127.0.0.1:0", "--log-level", log_level,
+                     *extra_args]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 60.0) -> Supervisor:
