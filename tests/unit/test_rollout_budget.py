@@ -207,8 +207,8 @@ def test_budgets_of_other_namespaces_or_other_labels_do_not_count() -> None:
 # ----------------------------------------------------------------- no budget: the controller
 
 
-def test_the_only_ready_pod_of_its_controller_needs_force() -> None:
-    pods = [pod("web-0"), pod("web-1", ready=False)]
+def test_the_only_pod_of_its_controller_needs_force() -> None:
+    pods = [pod("web-0"), pod("web-9", terminating=True)]
     check = may_start(pods[0], pods, [], set())
     assert check.verdict is Verdict.REFUSE
     assert "the only Ready pod of ReplicaSet shop/web-7d4b9" in check.reason
@@ -216,10 +216,15 @@ def test_the_only_ready_pod_of_its_controller_needs_force() -> None:
     assert may_start(pods[0], pods, [], set(), force=True).verdict is Verdict.GO
 
 
-def test_a_pod_whose_sibling_is_mid_swap_waits_for_it_without_a_budget() -> None:
+def test_a_pod_whose_siblings_are_mid_swap_or_not_ready_waits_for_them_without_a_budget(
+) -> None:
     pods = fleet(2)
     assert may_start(pods[0], pods, [], set()).verdict is Verdict.GO
     assert may_start(pods[1], pods, [], {pods[0].key}).verdict is Verdict.WAIT
+    not_ready = [pod("web-0"), pod("web-1", ready=False)]
+    check = may_start(not_ready[0], not_ready, [], set())
+    assert check.verdict is Verdict.WAIT
+    assert "the other pod(s) of ReplicaSet shop/web-7d4b9 are not Ready" in check.reason
 
 
 def test_pods_of_another_controller_are_not_siblings() -> None:

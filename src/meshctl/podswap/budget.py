@@ -36,10 +36,11 @@ has no healthy pod, an artefact of its decrement; a budget that desires 0 protec
 and here it does not block.) A budget whose selector is empty, missing or unreadable selects
 no pod (eviction.go, `getPodDisruptionBudgets`).
 
-A Ready pod that no budget covers and that is the only Ready pod of its controller (the
+A Ready pod that no budget covers and that is its controller's only pod (the
 `controller: true` owner reference: a ReplicaSet, a StatefulSet) is refused unless forced:
-swapping it could leave its workload without a ready endpoint. When its controller's other
-Ready pods are all mid-swap, it waits for them instead. A pod without a controller is not
+swapping it could leave its workload without a ready endpoint. When its controller has other
+pods but none of them is Ready and not mid-swap, it waits for one to be (as it would for a
+budget): they are most often NotReady for a moment, mid-swap or just swapped. A pod without a controller is not
 held to this rule: it has no replicas to compare with, and a bare pod is nobody's replica.
 The controller is the pod's direct owner: during a Deployment's own rolling update its two
 ReplicaSets are two owners (a conservative reading: each may look like a singleton).
@@ -265,20 +266,24 @@ def _controller_rule(pod: PodState, pods: Sequence[PodState], mid_swap: Collecti
     if force:
         return Check(Verdict.GO, "no PodDisruptionBudget covers it (--force: its controller's "
                                  "other pods not looked at)")
-    others = [p for p in pods if p.owner is not None and p.owner.uid == pod.owner.uid
-              and p.key != pod.key and p.ready and not p.terminating]
+    siblings = [p for p in pods if p.owner is not None and p.owner.uid == pod.owner.uid
+                and p.key != pod.key and not p.terminating]
     owner = f"{pod.owner.kind} {pod.namespace}/{pod.owner.name}"
-    if not others:
+    if not siblings:
         return Check(Verdict.REFUSE,
                      f"the only Ready pod of {owner}, and no PodDisruptionBudget covers it: "
                      f"its swap could leave {owner} without a ready pod (--force swaps it "
                      f"anyway)")
-    if all(p.key in mid_swap for p in others):
+    available = [p for p in siblings if p.ready and p.key not in mid_swap]
+    if not available:
+        # Its siblings exist but none serves now: mid-swap, or NotReady for a moment (a pod
+        # whose swap just ended is Ready again only at the kubelet's next status update). A
+        # wait, not a refusal: they come back.
         return Check(Verdict.WAIT,
-                     f"the other Ready pod(s) of {owner} are mid-swap, and no "
+                     f"the other pod(s) of {owner} are not Ready or are mid-swap, and no "
                      f"PodDisruptionBudget covers it")
     return Check(Verdict.GO, f"no PodDisruptionBudget covers it; {owner} has "
-                             f"{len(others)} other Ready pod(s)")
+                             f"{len(available)} other Ready pod(s)")
 
 
 def _expected_and_desired(budget: PodDisruptionBudget, selected: int) -> tuple[int, int]:
