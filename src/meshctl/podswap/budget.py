@@ -40,8 +40,9 @@ A Ready pod that no budget covers and that is its controller's only pod (the
 `controller: true` owner reference: a ReplicaSet, a StatefulSet) is refused unless forced:
 swapping it could leave its workload without a ready endpoint. When its controller has other
 pods but none of them is Ready and not mid-swap, it waits for one to be (as it would for a
-budget): they are most often NotReady for a moment, mid-swap or just swapped. A pod without a controller is not
-held to this rule: it has no replicas to compare with, and a bare pod is nobody's replica.
+budget): they are most often NotReady for a moment, mid-swap or just swapped. A pod without
+a controller is not held to this rule: it has no replicas to compare with, and a bare pod is
+nobody's replica.
 The controller is the pod's direct owner: during a Deployment's own rolling update its two
 ReplicaSets are two owners (a conservative reading: each may look like a singleton).
 
