@@ -281,7 +281,11 @@ def test_the_old_slot_stands_by_in_a_new_container() -> None:
     pod, swap = started_pod()
     pod = jsonpatch.apply_patch(pod, plan.retire_patch(swap))
     assert plan.old_slot_progress(plan.pod_view(pod), swap).outcome is Outcome.WAITING
-    slot_status(pod, A).update(containerID="containerd://a2", image=STANDBY)
+    slot_status(pod, A).update(containerID="containerd://a2", image=STANDBY, ready=False)
+    waiting = plan.old_slot_progress(plan.pod_view(pod), swap)
+    assert waiting.outcome is Outcome.WAITING  # the pod is NotReady until the standby is ready
+    assert "standing by, not ready yet" in waiting.detail
+    slot_status(pod, A).update(ready=True)
     assert plan.old_slot_progress(plan.pod_view(pod), swap).outcome is Outcome.DONE
 
 

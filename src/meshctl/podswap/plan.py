@@ -265,7 +265,9 @@ def new_slot_progress(view: PodView, plan: SwapPlan, generation: int | None) -> 
 
 
 def old_slot_progress(view: PodView, plan: SwapPlan) -> Progress:
-    """Whether the old slot now runs the standby image in a new, started container."""
+    """Whether the old slot now runs the standby image in a new, started and ready container:
+    until its standby answers the readiness probe, the pod is NotReady (the second window of
+    a swap), so the swap is not over."""
     slot = view.slots[plan.old_slot]
     if slot.image != plan.standby_image:
         return Progress(Outcome.FAILED, f"{slot.describe()} was changed to {slot.image} by "
@@ -275,6 +277,8 @@ def old_slot_progress(view: PodView, plan: SwapPlan) -> Progress:
     if not (slot.runs_spec_image and slot.started):
         return Progress(Outcome.WAITING,
                         f"{slot.describe()}: {_waiting(slot) or 'not started yet'}")
+    if not slot.ready:
+        return Progress(Outcome.WAITING, f"{slot.describe()}: standing by, not ready yet")
     return Progress(Outcome.DONE, f"{slot.describe()} stands by ({plan.standby_image})")
 
 

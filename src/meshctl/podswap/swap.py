@@ -27,6 +27,7 @@ from meshctl.exitcodes import ExitCode
 from meshctl.kube import Conflict, Kube, KubeError, NotFound
 from meshctl.podswap import layout, plan
 from meshctl.podswap.plan import Outcome, Progress, SwapPlan
+from meshctl.podswap.readiness import NotReadyJson, ReadyWindow
 
 Report = Callable[[str], None]
 """Takes one line of progress (the CLI prints it on stderr)."""
@@ -83,6 +84,9 @@ class SwapResult:
     plan: dict[str, Any] | None = None
     patches: dict[str, Any] | None = None
     """Dry run only: the patches that would be sent."""
+    not_ready: NotReadyJson | None = None
+    """The pod's Ready condition from the start to the end of the swap (none when nothing
+    was changed)."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -103,6 +107,8 @@ class SwapResult:
             record["plan"] = self.plan
         if self.patches is not None:
             record["patches"] = self.patches
+        if self.not_ready is not None:
+            record["not_ready"] = self.not_ready
         return record
 
 
@@ -121,8 +127,29 @@ class _Run:
         self.t0 = clock.monotonic()
         self.requests0 = kube.requests
         self.result = SwapResult(namespace=namespace, pod=name, image=image)
-        self.pod: dict[str, Any] = {}
+        self.window = ReadyWindow(clock)
+        self._pod: dict[str, Any] = {}
         self.events_ok = True
+
+    @property
+    def pod(self) -> dict[str, Any]:
+        """The pod as last read; every state read is also seen by the Ready window."""
+        return self._pod
+
+    @pod.setter
+    def pod(self, pod: dict[str, Any]) -> None:
+        self._pod = pod
+        self.window.observe(pod)
+
+    def watching(self, check: Callable[[dict[str, Any]], bool]) -> Callable[
+            [dict[str, Any]], bool]:
+        """`check` for `Kube.wait_pod`, with every state the watch delivers seen by the Ready
+        window (not only the one that ends the wait)."""
+        def seen(pod: dict[str, Any]) -> bool:
+            self.window.observe(pod)
+            return check(pod)
+
+        return seen
 
     def now_iso(self) -> str:
         return (datetime.fromtimestamp(self.clock.wall(), tz=UTC)
@@ -154,6 +181,8 @@ class _Run:
         self.result.result = result
         self.result.error = error
         self.result.api_requests = self.kube.requests - self.requests0
+        if result not in (SwapEnd.UNCHANGED, SwapEnd.DRY_RUN):
+            self.result.not_ready = self.window.to_json()
         return self.result
 
 
@@ -258,8 +287,8 @@ def _start(run: _Run, swap: SwapPlan) -> tuple[SwapPlan, int | None]:
                                f"({attempt + 1} tries): {exc}") from exc
             run.report(f"pod {run.namespace}/{run.name} changed since it was read; re-reading")
             settle = Deadline(run.clock, run.settings.settle_s)
-            settled = run.kube.wait_pod(run.namespace, run.name,
-                                        lambda p: plan.settled(plan.pod_view(p)), settle)
+            settled = run.kube.wait_pod(run.namespace, run.name, run.watching(
+                lambda p: plan.settled(plan.pod_view(p))), settle)
             run.pod = settled or run.kube.get_pod(run.namespace, run.name)
             swap = plan.plan_swap(plan.pod_view(run.pod), run.image)
             _describe(run, swap)
@@ -284,7 +313,7 @@ def _wait_new_slot(run: _Run, swap: SwapPlan, generation: int | None) -> str | N
         return progress.outcome is not Outcome.WAITING
 
     deadline = Deadline(run.clock, run.settings.timeout_s)
-    ready = run.kube.wait_pod(run.namespace, run.name, check, deadline)
+    ready = run.kube.wait_pod(run.namespace, run.name, run.watching(check), deadline)
     if ready is None:
         return (f"slot {swap.new_slot} ({swap.new_container}) not ready within "
                 f"{run.settings.timeout_s:g}s: {last.detail}")
@@ -333,7 +362,7 @@ def _wait_old_slot(run: _Run, swap: SwapPlan) -> SwapResult:
         return last.outcome is not Outcome.WAITING
 
     deadline = Deadline(run.clock, run.settings.retire_timeout_s)
-    done = run.kube.wait_pod(run.namespace, run.name, check, deadline)
+    done = run.kube.wait_pod(run.namespace, run.name, run.watching(check), deadline)
     if done is None or last.outcome is Outcome.FAILED:
         detail = (f"{swap.new_container} serves {swap.to_image}, but {swap.old_container} did "
                   f"not stand by within {run.settings.retire_timeout_s:g}s: {last.detail}")
