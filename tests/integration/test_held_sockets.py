@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from meshctl.demo.loadgen import LoadGen, LoadStats
@@ -62,17 +63,21 @@ def split(stats: LoadStats, killed_mono: float) -> tuple[list[str], list[str]]:
     return in_flight_on(stats, [killed_mono])
 
 
-def in_flight_on(stats: LoadStats, kills: list[float]) -> tuple[list[str], list[str]]:
-    """Failures in flight on a killed process (their connection was open before a kill and
-    failed after it: they cannot be saved), and every other one (which must not exist)."""
+def in_flight_on(stats: LoadStats, kills: list[float | tuple[float, float]]
+                 ) -> tuple[list[str], list[str]]:
+    """Failures in flight on a killed process (their connection was open before it died and
+    failed after the kill began: they cannot be saved), and every other one (which must not
+    exist). A kill is a moment, or a window (start, dead) when its moment is not known: an
+    OOM kill happens somewhere while the process grows."""
+    windows = [k if isinstance(k, tuple) else (k, k) for k in kills]
     lost, wrong = [], []
     for f in stats.failures:
         if f.error != "ConnectionRefusedError" and any(
-                f.opened_mono < k <= f.failed_mono for k in kills):
+                f.opened_mono < dead and f.failed_mono >= start for start, dead in windows):
             lost.append(f.error)
         else:
             wrong.append(f"{f.error} on a connection opened at {f.opened_mono:.3f}, failed at "
-                         f"{f.failed_mono:.3f}, kills at {kills} (reused: {f.reused})")
+                         f"{f.failed_mono:.3f}, kills at {windows} (reused: {f.reused})")
     return lost, wrong
 
 
@@ -341,3 +346,88 @@ def test_in_a_pod_without_capabilities_the_slot_that_took_over_holds_the_sockets
     assert not wrong, wrong
     assert snap["held_sockets"]["given"] == 2
     assert listening_inodes(ports.http) == before  # the sockets slot a's first Envoy bound
+
+
+# ----------------------------------------------------------------- the kernel's OOM killer
+
+MEMCG = Path("/sys/fs/cgroup/memory")
+
+BUFFERING_ROUTE = """
+          - name: envoy.filters.http.buffer
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+              max_request_bytes: 1073741824
+"""
+
+
+@contextlib.contextmanager
+def memory_limited(pid: int, limit_bytes: int) -> Iterator[Path]:
+    """Moves `pid` into a cgroup v1 memory cgroup of its own with a limit, as a container's
+    memory limit is. Its memory charged so far stays where it was: the limit is on what it
+    allocates from now on."""
+    if not (MEMCG / "cgroup.procs").exists():
+        pytest.fail("no cgroup v1 memory controller at /sys/fs/cgroup/memory")
+    group = MEMCG / f"meshctl-test-{os.getpid()}-{pid}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        (group / "cgroup.procs").write_text(str(pid))
+        yield group
+    finally:
+        for _ in range(50):  # rmdir works once the killed process is gone from it
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def oom_kills(group: Path) -> int:
+    for line in (group / "memory.oom_control").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
+
+
+def post_endless_body(port: int) -> None:
+    """A request whose body Envoy's buffer filter keeps in memory until the kernel kills it."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port),
+                                                                 timeout=30) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        chunk = b"x" * (1 << 20)
+        for _ in range(1000):
+            sock.sendall(chunk)
+
+
+def test_an_oom_kill_by_the_memory_limit_refuses_no_connection(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    config = envoy_config(workdir / "v1.yaml", ports)
+    text = config.read_text()
+    router = "          - name: envoy.filters.http.router"
+    assert router in text
+    config.write_text(text.replace(router, BUFFERING_ROUTE.strip("\n") + "\n" + router, 1))
+    meshctl.start(config=config)
+    pid = meshctl.status()["live"]["pid"]
+
+    with memory_limited(pid, 64 << 20) as group:
+        load = LoadGen("127.0.0.1", ports.http, keepalive_workers=2, new_conn_workers=4).start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        post_endless_body(ports.http)
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.005)
+        dead = time.monotonic()
+        snap = meshctl.wait_for(lambda s: s["phase"] == "running" and s["live"]["pid"] != pid,
+                                60, "the restart after the OOM kill")
+        time.sleep(1.0)
+        stats = load.stop()
+        kills = oom_kills(group)
+
+    lost, wrong = in_flight_on(stats, [(started, dead)])
+    print({"traffic": stats.to_json(), "in_flight_on_the_dead_process": len(lost),
+           "oom_kills": kills, "kill_window_s": round(dead - started, 3),
+           "held": snap["held_sockets"]})
+    assert kills == 1
+    assert "SIGKILL" in meshctl.supervisor_log()
+    assert not wrong, wrong
+    assert snap["held_sockets"]["given"] == 2
