@@ -7,5 +7,7 @@ restart across the two containers, the old slot returned to standby.
   plan       which slot is live, pre-flight, progress, the JSON patches (pure)
   swap       `meshctl upgrade --pod`: the steps, the Events, the rollback (Kubernetes through
              `meshctl.kube`)
+  budget     PodDisruptionBudgets: may this pod start its swap now, and why not (pure)
+  disruption the fresh reads a budget check needs; `upgrade --pod`'s wait for its budgets
   standby    `meshctl standby`: what a slot runs while it stands by
 """

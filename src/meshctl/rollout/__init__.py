@@ -5,6 +5,7 @@ a failure budget and a record on each pod, resumable by running the same command
   record     the per-pod record (`meshctl.io/rollout`) and each pod's phase in a run (pure)
   plan       the rollout's pure decisions: eligibility, batches, patches, when to stop
   report     each selected pod's state in a run, and the run's summary (its JSON)
+  gate       which pods of a batch may start now, by their disruption budgets; the tallies
   run        `meshctl rollout`: the list, the watch, the loop
   status     `meshctl rollout status`: what the pods' records say
 
