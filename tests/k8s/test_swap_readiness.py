@@ -12,15 +12,8 @@ from kubesim.apiserver import ApiServer
 from kubesim.kubelet import FakeImage, FakeRuntime
 
 from meshctl.exitcodes import ExitCode
-from tests.k8s.conftest import (
-    APP_IMAGE,
-    IMAGES,
-    KUBELET_AGENT,
-    POD,
-    PROXY_NEW,
-    Invoke,
-    from_meshctl,
-)
+from tests.k8s.conftest import APP_IMAGE, IMAGES, POD, PROXY_NEW, Invoke
+from tests.k8s.ready_record import recorded_transitions, server_not_ready_s
 
 NEW_READY_AFTER_S = 1.2
 """The new proxy answers its readiness probe this long after its start (its hot restart)."""
@@ -32,42 +25,6 @@ def runtime() -> FakeRuntime:
                        default=APP_IMAGE)
 
 
-def recorded_transitions(api: ApiServer) -> list[tuple[bool, str]]:
-    """(Ready, lastTransitionTime) at each change of the pod's Ready condition the kubelet
-    wrote, from meshctl's first patch on."""
-    seen = api.seen()
-    first = next(i for i, r in enumerate(seen) if r in from_meshctl(api) and r.method == "PATCH")
-    changes: list[tuple[bool, str]] = []
-    last: bool | None = None
-    for r in seen[:first]:
-        if r.user_agent == KUBELET_AGENT and r.subresource == "status":
-            last = _ready(r.data)
-    for r in seen[first:]:
-        if r.user_agent != KUBELET_AGENT or r.subresource != "status" or r.name != POD:
-            continue
-        ready = _ready(r.data)
-        if ready is not last:
-            changes.append((bool(ready), _ready_since(r.data)))
-            last = ready
-    return changes
-
-
-def _ready(status_patch: dict[str, Any]) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in status_patch["status"]["conditions"])
-
-
-def _ready_since(status_patch: dict[str, Any]) -> str:
-    return str(next(c["lastTransitionTime"] for c in status_patch["status"]["conditions"]
-                    if c["type"] == "Ready"))
-
-
-def _seconds(iso: str) -> float:
-    from datetime import datetime  # noqa: PLC0415
-
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
 def test_the_swap_reports_each_ready_flip_the_api_server_recorded(
     meshctl: Invoke, api: ApiServer, running_pod: dict[str, Any]
 ) -> None:
@@ -76,7 +33,7 @@ def test_the_swap_reports_each_ready_flip_the_api_server_recorded(
 
     assert result.exit_code == ExitCode.OK, result.output
     window = json.loads(result.stdout)["not_ready"]
-    recorded = recorded_transitions(api)
+    recorded = recorded_transitions(api, POD)
     # Two restarts, two windows: the new slot until its first passing probe, then the old
     # slot until its standby passes one.
     assert [ready for ready, _ in recorded] == [False, True, False, True]
@@ -84,9 +41,7 @@ def test_the_swap_reports_each_ready_flip_the_api_server_recorded(
     assert window["ready_at_start"] is True and window["ready_at_end"] is True
     assert [(t["ready"], t["recorded"]) for t in window["transitions"]] == recorded
     # What meshctl measured (to the millisecond) against the server's times (to the second).
-    server_s = sum(_seconds(up) - _seconds(down)
-                   for (_, down), (_, up) in zip(recorded[::2], recorded[1::2], strict=True))
-    assert abs(window["not_ready_s"] - server_s) <= 2 * 1.0
+    assert abs(window["not_ready_s"] - server_not_ready_s(recorded)) <= 2 * 1.0
     assert window["not_ready_s"] >= NEW_READY_AFTER_S  # the new slot's window, at least
     seen = [t["seen_s"] for t in window["transitions"]]
     assert seen == sorted(seen)

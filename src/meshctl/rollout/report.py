@@ -9,6 +9,7 @@ from typing import Any, NotRequired, TypedDict
 
 from meshctl.clock import Deadline
 from meshctl.podswap.plan import SwapPlan
+from meshctl.podswap.readiness import NotReadyJson, ReadyWindow
 from meshctl.rollout import plan as rp
 from meshctl.rollout.gate import BudgetJson
 from meshctl.rollout.plan import Batch, Counts, PodKey, RolloutResult, RolloutSpec
@@ -35,6 +36,8 @@ class PodResultJson(TypedDict):
     reason_code: NotRequired[str]
     budget_wait_s: NotRequired[float]
     """How long a disruption budget held its start."""
+    not_ready: NotRequired[NotReadyJson]
+    """The pod's Ready condition through its swap (`meshctl.podswap.readiness`)."""
 
 
 class BatchJson(TypedDict):
@@ -97,6 +100,8 @@ class PodRun:
     """The resourceVersion `swap` was planned from: unchanged at the start, no re-plan."""
     held_s: float | None = None
     """How long a disruption budget held its start (None: not held)."""
+    readiness: ReadyWindow | None = None
+    """The pod's Ready condition from its start patch on (None: not started)."""
 
     def to_dict(self) -> PodResultJson:
         swap = self.swap
@@ -118,6 +123,8 @@ class PodRun:
             record["reason_code"] = self.reason_code
         if self.held_s is not None:
             record["budget_wait_s"] = round(self.held_s, 3)
+        if self.readiness is not None:
+            record["not_ready"] = self.readiness.to_json(self.ended_s)
         return record
 
 

@@ -50,6 +50,7 @@ from meshctl.kube import (
 )
 from meshctl.podswap import plan
 from meshctl.podswap.budget import Check, Verdict
+from meshctl.podswap.readiness import ReadyWindow
 from meshctl.rollout import plan as rp
 from meshctl.rollout.gate import Gate, Held, has_controller, numbers
 from meshctl.rollout.plan import (
@@ -391,6 +392,8 @@ class _Rollout:
             run.swap, run.record = swap, record
             run.generation = int(generation) if generation is not None else None
             run.started_s = self.clock.monotonic()
+            run.readiness = ReadyWindow(self.clock)
+            run.readiness.observe(pod)
             run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
             self._set(run, PodPhase.UPGRADING, "waiting for the kubelet")
             self._emit(RolloutEvent.POD_STARTED, run)
@@ -406,6 +409,7 @@ class _Rollout:
             self._skip(run, rp.SkipReason.CHANGED, "its rollout record is gone")
             return
         run.started_s = self.clock.monotonic()
+        run.readiness = ReadyWindow(self.clock)
         run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
         self._set(run, PodPhase.UPGRADING, "resumed: waiting for the new slot")
         self._emit(RolloutEvent.POD_STARTED, run, resumed=True)
@@ -433,6 +437,8 @@ class _Rollout:
 
     def _decide(self, run: PodRun, pod: dict[str, Any]) -> None:
         assert run.swap is not None
+        if run.readiness is not None:
+            run.readiness.observe(pod)  # every state, before our write or after
         try:
             view = plan.pod_view(pod)
             if rp.before_our_write(view, run.phase, run.swap):
