@@ -23,6 +23,7 @@ from tests.k8s.conftest import (
     PROXY_OLD,
     STANDBY,
     Invoke,
+    events,
     from_meshctl,
     images,
     read_pod,
@@ -296,8 +297,10 @@ def test_upgrade_pod_waits_for_its_budget_then_gives_up_with_exit_4_changing_not
         f"meshctl: error: pod {NAMESPACE}/web-00 not swapped: still held after 2s: "
         f"PodDisruptionBudget {NAMESPACE}/web needs 1 healthy pod(s) of 1, has 1 "
         f"(0 mid-swap): 0 more disruption(s) allowed; nothing was changed")
-    assert [r for r in from_meshctl(api) if r.method != "GET"] == []
+    assert [r for r in from_meshctl(api) if r.method == "PATCH"] == []
     assert images(read_pod(core, "web-00")) == OLD
+    assert [(e["involvedObject"]["name"], e["reason"]) for e in events(core)] == [
+        ("web-00", "MeshctlUpgradeHeld")]
 
 
 def test_upgrade_pod_goes_ahead_when_its_budget_allows_it(

@@ -9,6 +9,7 @@ pods a budget counts need not be the ones being swapped. The decision itself is
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from meshctl import errors
 from meshctl.clock import Clock, Deadline, SystemClock
-from meshctl.kube import Kube, PodDisruptionBudget
+from meshctl.kube import Kube, KubeError, PodDisruptionBudget
 from meshctl.podswap.budget import Check, PodKey, PodState, Verdict, may_start
 
 POLL_S = 1.0
@@ -81,7 +82,8 @@ def await_budgets(kube: Kube, namespace: str, name: str, *, force: bool, timeout
     key = (namespace, name)
     said = ""
     while True:
-        state = read(kube, namespace, owners=True).check(key, (), force=force)
+        snapshot = read(kube, namespace, owners=True)
+        state = snapshot.check(key, (), force=force)
         if state is None or state.verdict is Verdict.GO:
             return state
         where = f"pod {namespace}/{name}"
@@ -89,8 +91,19 @@ def await_budgets(kube: Kube, namespace: str, name: str, *, force: bool, timeout
             raise OnlyReadyPod(f"{where} not swapped: {state.reason}")
         if state.reason != said:
             report(f"{where}: waiting (up to {timeout_s:g}s): {state.reason}")
+            if not said:
+                _held_event(kube, snapshot.raw.get(key), state.reason)
             said = state.reason
         if deadline.expired():
             raise BudgetWaitTimedOut(f"{where} not swapped: still held after {timeout_s:g}s: "
                                      f"{state.reason}; nothing was changed")
         time.sleep(min(POLL_S, deadline.remaining()))
+
+
+def _held_event(kube: Kube, pod: Mapping[str, Any] | None, reason: str) -> None:
+    """One Event on the pod when its swap starts to wait (`kubectl describe pod` shows why
+    nothing happens yet); best effort, as every Event of a swap."""
+    if pod is None:
+        return
+    with contextlib.suppress(KubeError):
+        kube.create_event(pod, "MeshctlUpgradeHeld", f"waiting for a disruption: {reason}")
