@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubesim.apiserver import ApiServer, LeanApiServer
+from kubesim.apiserver import ApiServer, Fault, LeanApiServer
 from kubesim.kubelet import FakeImage, FakeKubelet
 from typer.testing import Result
 
@@ -258,6 +258,20 @@ def test_pods_of_one_controller_without_a_budget_swap_one_after_the_other(
     progress = events_of(result)
     assert most_in_flight(progress) == 1
     assert "the other pod(s) of ReplicaSet" in named(progress, "budget_wait")[0]["reason"]
+
+
+def test_no_permission_to_list_budgets_is_refused_with_exit_3_before_any_change(
+    meshctl: Invoke, api: ApiServer, core: k8s.CoreV1Api, kubelet: FakeKubelet
+) -> None:
+    fleet = create_fleet(core, kubelet, [web_pod(i) for i in range(2)])
+    api.add_fault(Fault("GET", "poddisruptionbudgets", 403, times=-1))
+    result = rollout(meshctl)
+    assert result.exit_code == 3, result.output
+    assert one_error_line(result) == (
+        f"meshctl: error: forbidden: cannot list poddisruptionbudgets in namespace "
+        f"{NAMESPACE} (needs RBAC verb list on poddisruptionbudgets)")
+    assert [r for r in from_meshctl(api) if r.method == "PATCH"] == []
+    assert all(images(read_pod(core, name)) == OLD for name in fleet)
 
 
 # ----------------------------------------------------------------- meshctl upgrade --pod
