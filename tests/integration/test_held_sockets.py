@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def test_a_crash_under_load_refuses_no_connection_and_the_restart_takes_the_same
     meshctl.start(config=envoy_config(workdir / "v1.yaml", ports))
     held = meshctl.status()["held_sockets"]
     assert held["sockets"] == 2 and held["addresses"] == [f"tcp://127.0.0.1:{ports.http}"], held
+    assert "meshctl_held_listen_sockets 2.0" in metrics_text(meshctl)
+    assert f"held sockets: 2 for tcp://127.0.0.1:{ports.http}" in meshctl.cli("status").stdout
     before = listening_inodes(ports.http)
     assert len(before) == 2, before  # one per worker: Envoy's reuse_port
 
@@ -431,3 +434,18 @@ def test_an_oom_kill_by_the_memory_limit_refuses_no_connection(
     assert "SIGKILL" in meshctl.supervisor_log()
     assert not wrong, wrong
     assert snap["held_sockets"]["given"] == 2
+
+
+def test_no_hold_sockets_holds_nothing_and_says_so(
+        meshctl: Meshctl, ports: Ports, workdir: Path) -> None:
+    meshctl.start("--no-hold-sockets", config=envoy_config(workdir / "v1.yaml", ports))
+    assert meshctl.status()["held_sockets"]["sockets"] == 0
+    shown = meshctl.cli("status")
+    assert "held sockets: none (a crash refuses connections" in shown.stdout, shown.stdout
+    assert "meshctl_held_listen_sockets 0.0" in metrics_text(meshctl)
+
+
+def metrics_text(meshctl: Meshctl) -> str:
+    with urllib.request.urlopen(f"http://{meshctl.status()['health']}/metrics",
+                                timeout=5) as resp:
+        return str(resp.read().decode())

@@ -63,6 +63,7 @@ TABLE: dict[tuple[str, str], tuple[list[str], int]] = {
     ("run", "--keeper"): (["--keeper=yes"], USAGE),
     ("run", "--max-restarts"): (["--max-restarts", "-1"], BAD_INPUT),
     ("run", "--restart-window-s"): (["--restart-window-s", "inf"], BAD_INPUT),
+    ("run", "--hold-sockets"): (["--hold-sockets=yes"], USAGE),
     ("run", "--init-priority"): (["--init-priority", "high"], USAGE),
     ("run", "--log-level"): (["--log-level", "loud"], USAGE),
 

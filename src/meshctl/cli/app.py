@@ -190,6 +190,11 @@ def run(
         Bound(0, 1000, "restarts")] = 5,
     restart_window_s: Annotated[float, typer.Option(
         "--restart-window-s", help="The crash-loop window."), Bound(1, DAY_S)] = 120.0,
+    hold_sockets: Annotated[bool, typer.Option(
+        "--hold-sockets/--no-hold-sockets",
+        help="Hold a duplicate of every listening socket of the live Envoy, so that when it "
+             "crashes, new connections wait in the kernel's backlog for the restart instead "
+             "of being refused.")] = True,
     init_priority: Annotated[InitPriority, typer.Option(
         "--init-priority",
         help="How an upgrade's new Envoy initializes: auto (at idle CPU priority until LIVE, "
@@ -224,7 +229,7 @@ def run(
         ready_timeout_s=ready_timeout_s, extra_args=extra_args, environ=os.environ,
         health=health_address, keeper=keeper,
         restarts=RestartPolicy(max_restarts=max_restarts, window_s=restart_window_s),
-        init_priority=init_priority,
+        init_priority=init_priority, hold_sockets=hold_sockets,
     )
     raise typer.Exit(int(code))
 

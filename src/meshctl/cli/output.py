@@ -168,6 +168,9 @@ def status(snap: Mapping[str, Any], out: Format) -> None:
                   f"{_ago(cp.get('last_update_at'))}, rejected {cp.get('lds_rejected', 0)} LDS / "
                   f"{cp.get('cds_rejected', 0)} CDS")
         echo(f"xDS: {xds_line(xds)}; control plane {health}")
+    held = snap.get("held_sockets")
+    if held is not None:
+        echo(held_line(held))
     up = snap.get("upgrade")
     if up:
         drain = up.get("drain") or {}
@@ -183,6 +186,17 @@ def status(snap: Mapping[str, Any], out: Format) -> None:
                    f"{last.get('to_version')}) in {last.get('total_s') or 0:.2f}s, drain "
                    f"ended {last.get('drain_end')}, {last.get('forced_closes', 0)} forced "
                    f"close(s)" + (f"; {last['error']}" if last.get("error") else ""))
+
+
+def held_line(held: Mapping[str, Any]) -> str:
+    """What a crash would do to new connections, from `status`'s held_sockets."""
+    if not held.get("sockets"):
+        return "held sockets: none (a crash refuses connections until the restart binds)"
+    line = (f"held sockets: {held['sockets']} for {', '.join(held.get('addresses') or [])} "
+            f"(a crash refuses nothing)")
+    if held.get("pending"):
+        line += f"; {held['pending']} waiting for the restarted generation"
+    return line
 
 
 def demo_report(report: dict[str, Any], out: Format) -> None:

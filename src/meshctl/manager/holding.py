@@ -73,7 +73,10 @@ def pod_lock(path: Path | None) -> Iterator[None]:
 
 class ListenerHolding:
     def __init__(self, files: HotRestartFiles, workers: int, clock: Clock,
-                 ledger: PodLedger | None, pending_s: float) -> None:
+                 ledger: PodLedger | None, pending_s: float, enabled: bool = True) -> None:
+        self.enabled = enabled
+        """--no-hold-sockets: never take (a crash then refuses connections until the
+        restarted generation binds its own sockets)."""
         self.files = files
         self.ledger = ledger
         self.workers = workers
@@ -110,6 +113,8 @@ class ListenerHolding:
         self._due = not self._take(gen, alive)
 
     def _take(self, gen: Generation, alive: list[Generation]) -> bool:
+        if not self.enabled:
+            return True
         child_epoch = gen.epoch + 1
         # The child's socket name is shared modulo 3: never while a generation uses it.
         if any(g.epoch % 3 == child_epoch % 3 for g in alive if g is not gen):

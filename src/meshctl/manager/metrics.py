@@ -100,6 +100,14 @@ class Metrics:
             "meshctl_listeners_lost_total",
             "Listeners of an old generation that its successor went LIVE without "
             "(an accepted listener change, or a config change).", registry=r)
+        self.held_sockets = Gauge(
+            "meshctl_held_listen_sockets",
+            "Listening sockets of the live generation the supervisor holds a duplicate of "
+            "(0: a crash would refuse connections until the restart binds them).", registry=r)
+        self.held_sockets_given = Gauge(
+            "meshctl_held_listen_sockets_given",
+            "Held listening sockets handed to generations restarted after a crash, since the "
+            "supervisor started.", registry=r)
         for outcome in GATE_OUTCOMES:
             self.xds_gate.labels(outcome=outcome)
         self.set_xds(None)
@@ -182,6 +190,10 @@ class Metrics:
         if version is not None:
             self.envoy_info.labels(version=version).set(1)
         self._version = version
+
+    def set_held(self, sockets: int, given: int) -> None:
+        self.held_sockets.set(sockets)
+        self.held_sockets_given.set(given)
 
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)

@@ -60,7 +60,8 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
                    environ: Mapping[str, str], health: tuple[str, int] | None = None,
                    keeper: bool = True, restarts: RestartPolicy | None = None,
                    slot: str | None = None,
-                   init_priority: InitPriority = InitPriority.AUTO) -> ExitCode:
+                   init_priority: InitPriority = InitPriority.AUTO,
+                   hold_sockets: bool = True) -> ExitCode:
     keeper_path = keeper_binary() if keeper else None
     if keeper and keeper_path is None:
         raise errors.BadInput("dumb-init (the keeper) is not installed; install the "
@@ -94,6 +95,7 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
         ready_timeout_s=ready_timeout_s,
         extra_args=extra,
         init_priority=init_priority,
+        hold_sockets=hold_sockets,
         keeper=keeper_path,
         health_host=health[0] if health else "127.0.0.1",
         health_port=health[1] if health else None,

@@ -66,3 +66,6 @@ class SupervisorSettings:
     """Pod mode: the dir both slots share (ledger, hot-restart sockets); state_dir is inside."""
     restarts: RestartPolicy = field(default_factory=RestartPolicy)
     """Restarts of an Envoy that died on its own, and when to give up."""
+    hold_sockets: bool = True
+    """Hold duplicates of the live generation's listening sockets, so that a crash refuses
+    no connection (`meshctl.manager.holding`)."""

@@ -126,7 +126,8 @@ class Supervisor(PodSlotSteps):
                                      self.wakeup.wake)
         self.guard = XdsGuard(self.state.root / "gate.sock", self.clock)
         self.holding = ListenerHolding(self.files, settings.concurrency, self.clock, self.ledger,
-                                       pending_s=settings.ready_timeout_s)
+                                       pending_s=settings.ready_timeout_s,
+                                       enabled=settings.hold_sockets)
         """Duplicates of the live generation's listening sockets: a crash refuses nothing."""
         self._base_id_lock: socket.socket | None = None
 
@@ -592,6 +593,7 @@ class Supervisor(PodSlotSteps):
         drain = upgrade.get("drain") if upgrade is not None else None
         self.metrics.set_drain_connections(drain["connections"] if drain else None)
         self.metrics.set_xds(snap["xds"])
+        self.metrics.set_held(snap["held_sockets"]["sockets"], snap["held_sockets"]["given"])
 
     def _save(self) -> None:
         status = self._status()
