@@ -326,4 +326,7 @@ def test_upgrade_pod_goes_ahead_when_its_budget_allows_it(
     assert done.exit_code == 0, done.output
     record = json.loads(done.stdout)
     assert record["result"] == "succeeded"
-    assert record["disruption"]["budgets"] == ["web"]
+    allowed = next(s for s in record["steps"] if s["step"] == "disruption_allowed")
+    assert allowed["detail"] == (f"may be disrupted: PodDisruptionBudget {NAMESPACE}/web needs 1 "
+                                 f"healthy pod(s) of 2, has 2 (0 mid-swap): 1 more "
+                                 f"disruption(s) allowed")

@@ -11,7 +11,6 @@ import enum
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,8 +97,7 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
                 out: output.Format, envoy: str | None = None,
                 config: Path | None = None, force: bool = False) -> None:
     """`meshctl upgrade --pod NAME --image REF`: swap the proxy image inside a running pod,
-    once its disruption budgets allow it (`meshctl.podswap.disruption`; a dry run does not
-    wait for them)."""
+    once its disruption budgets allow it (a dry run does not wait for them)."""
     if pod is None or image is None:
         raise errors.BadInput("the pod mode of upgrade needs both --pod NAME and --image REF")
     if envoy is not None or config is not None:
@@ -108,25 +106,15 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
     if timeout_s <= 0:
         raise errors.BadInput("--timeout must be positive")
     from meshctl import kube  # noqa: PLC0415
-    from meshctl.podswap import disruption, reference, swap  # noqa: PLC0415
+    from meshctl.podswap import reference, swap  # noqa: PLC0415
 
     reference.parse(image)
-    budgets: dict[str, Any] = {}
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"), context=context) as api:
-        where = namespace or api.default_namespace
-        if not dry_run:
-            started = time.monotonic()
-            check = disruption.await_budgets(api, where, pod, force=force, timeout_s=timeout_s,
-                                             report=lambda line: output.note(line, out))
-            budgets = {"waited_s": round(time.monotonic() - started, 3),
-                       "reason": check.reason if check else None,
-                       "budgets": [b.name for b in check.budgets] if check else []}
         result = swap.upgrade_pod(
-            api, where, pod, image, settings=swap.SwapSettings(timeout_s=timeout_s),
-            dry_run=dry_run, report=lambda line: output.note(line, out))
+            api, namespace or api.default_namespace, pod, image,
+            settings=swap.SwapSettings(timeout_s=timeout_s), dry_run=dry_run,
+            report=lambda line: output.note(line, out), force=force)
     record = result.to_dict()
-    if budgets:
-        record["disruption"] = budgets
     _print_result(record, out)
     raise typer.Exit(int(result.exit_code))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,17 +72,21 @@ def read(kube: Kube, namespace: str, *, owners: bool) -> Snapshot:
     return Snapshot(budgets, pods, raw, kube.requests - before)
 
 
-def await_budgets(kube: Kube, namespace: str, name: str, *, force: bool, timeout_s: float,
+def await_budgets(kube: Kube, pod: Mapping[str, Any], *, force: bool, timeout_s: float,
                   report: Callable[[str], None], clock: Clock | None = None) -> Check | None:
-    """Wait until the pod's budgets allow its swap (each look a fresh read), at most
-    `timeout_s`. Returns the check that let it go (None: the pod is not there; the swap's
-    own read reports it). Raises OnlyReadyPod, or BudgetWaitTimedOut."""
+    """Wait until the budgets of `pod` (as last read) allow its swap (each look a fresh
+    read), at most `timeout_s`. Returns the check that let it go (None: the pod is not listed
+    any more; the swap's own requests report it). Raises OnlyReadyPod, or
+    BudgetWaitTimedOut."""
     clock = clock or SystemClock()
     deadline = Deadline(clock, timeout_s)
+    metadata = pod.get("metadata") or {}
+    namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
     key = (namespace, name)
+    owners = has_controller([pod])
     said = ""
     while True:
-        snapshot = read(kube, namespace, owners=True)
+        snapshot = read(kube, namespace, owners=owners)
         state = snapshot.check(key, (), force=force)
         if state is None or state.verdict is Verdict.GO:
             return state
@@ -98,6 +102,15 @@ def await_budgets(kube: Kube, namespace: str, name: str, *, force: bool, timeout
             raise BudgetWaitTimedOut(f"{where} not swapped: still held after {timeout_s:g}s: "
                                      f"{state.reason}; nothing was changed")
         time.sleep(min(POLL_S, deadline.remaining()))
+
+
+def has_controller(pods: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of these pods (as listed) has a controller owner reference."""
+    for pod in pods:
+        refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+        if any(ref.get("controller") is True for ref in refs):
+            return True
+    return False
 
 
 def _held_event(kube: Kube, pod: Mapping[str, Any] | None, reason: str) -> None:

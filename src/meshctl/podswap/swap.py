@@ -1,9 +1,10 @@
 """The in-pod image swap of one pod: where the image is swapped and rolled back.
 
-    read -> pre-flight -> patch the standby slot (tests on both slots) -> watch until the new
-    container is started and ready -> confirm the handover (a fresh read) -> one patch that
-    returns the old slot to the standby image and switches the annotations -> wait until
-    the old slot stands by
+    read -> pre-flight -> wait until the pod's disruption budgets allow it
+    (`meshctl.podswap.disruption`) -> patch the standby slot (tests on both slots) -> watch
+    until the new container is started and ready -> confirm the handover (a fresh read) ->
+    one patch that returns the old slot to the standby image and switches the annotations
+    -> wait until the old slot stands by
 
 Every step is an Event on the pod, a line of progress and an entry of the result record. If
 the new slot is not ready within the timeout (or fails for good, or the user interrupts),
@@ -25,7 +26,7 @@ from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.errors import MeshctlError
 from meshctl.exitcodes import ExitCode
 from meshctl.kube import Conflict, Kube, KubeError, NotFound
-from meshctl.podswap import layout, plan
+from meshctl.podswap import disruption, layout, plan
 from meshctl.podswap.plan import Outcome, Progress, SwapPlan
 from meshctl.podswap.readiness import NotReadyJson, ReadyWindow
 
@@ -188,10 +189,13 @@ class _Run:
 
 def upgrade_pod(kube: Kube, namespace: str, name: str, image: str, *,
                 settings: SwapSettings | None = None, dry_run: bool = False,
-                report: Report | None = None, clock: Clock | None = None) -> SwapResult:
+                report: Report | None = None, clock: Clock | None = None,
+                force: bool = False) -> SwapResult:
     """Swap the proxy image of one pod to `image`, or roll back. Returns the record (see
     `SwapResult.exit_code`); raises KubeError or PreflightFailed when refused before any
-    change, or when the API fails us midway."""
+    change (`force`: the only pod of its controller, with no disruption budget, is not
+    refused), BudgetWaitTimedOut when its budgets allowed no disruption within the timeout,
+    or a KubeError when the API fails us midway."""
     run = _Run(kube, namespace, name, image, settings or SwapSettings(),
                report or (lambda _line: None), clock or SystemClock())
     run.pod = kube.get_pod(namespace, name)
@@ -202,6 +206,11 @@ def upgrade_pod(kube: Kube, namespace: str, name: str, image: str, *,
         return run.finish(SwapEnd.UNCHANGED)
     if dry_run:
         return _dry_run(run, swap)
+    allowed = disruption.await_budgets(kube, run.pod, force=force,
+                                       timeout_s=run.settings.timeout_s, report=run.report,
+                                       clock=run.clock)
+    if allowed is not None and (allowed.budgets or disruption.has_controller([run.pod])):
+        run.step("disruption_allowed", f"may be disrupted: {allowed.reason}")
     run.step("started", f"upgrading the proxy from {swap.from_image} (slot {swap.old_slot}) to "
                         f"{image} (slot {swap.new_slot})", "MeshctlUpgradeStarted")
     try:

@@ -13,7 +13,7 @@ killed one, left its swap there). The decision is `meshctl.podswap.budget`'s.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -129,16 +129,6 @@ class Gate:
 
     def summary(self) -> list[BudgetJson]:
         return [self.budgets[k] for k in sorted(self.budgets)]
-
-
-def has_controller(pods: Iterable[dict[str, object]]) -> bool:
-    """Whether any of these pods (as listed) has a controller owner reference."""
-    for pod in pods:
-        metadata = pod.get("metadata")
-        refs = metadata.get("ownerReferences") if isinstance(metadata, dict) else None
-        if any(isinstance(r, dict) and r.get("controller") is True for r in refs or []):
-            return True
-    return False
 
 
 def _upgrading(pod: dict[str, object]) -> bool:

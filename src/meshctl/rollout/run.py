@@ -48,11 +48,11 @@ from meshctl.kube import (
     PodWatch,
     WatchExpired,
 )
-from meshctl.podswap import plan
+from meshctl.podswap import disruption, plan
 from meshctl.podswap.budget import Check, Verdict
 from meshctl.podswap.readiness import ReadyWindow
 from meshctl.rollout import plan as rp
-from meshctl.rollout.gate import Gate, Held, has_controller, numbers
+from meshctl.rollout.gate import Gate, Held, numbers
 from meshctl.rollout.plan import (
     Action,
     Batch,
@@ -283,7 +283,8 @@ class _Rollout:
         if not pending:
             return
         mid_swap = {k for k, r in self.runs.items() if r.phase in _IN_FLIGHT}
-        owners = has_controller(self.latest[r.key] for r in pending if r.key in self.latest)
+        owners = disruption.has_controller(self.latest[r.key] for r in pending
+                                           if r.key in self.latest)
         checks = self.gate.admit([r.key for r in pending], mid_swap, owners=owners)
         for run in pending:
             check = checks.get(run.key)
