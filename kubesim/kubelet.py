@@ -66,6 +66,8 @@ class _Container:
     last_exit: int | None = None
     backoff_until: float = 0.0
     ephemeral: bool = False
+    created_s: float = 0.0
+    """When the kubelet asked the runtime for it (a relist before that cannot see it)."""
     seen: ContainerView = field(default_factory=lambda: ContainerView(None, running=False))
     """What the last relist saw (the status manager's view)."""
     seen_image: str = ""
@@ -110,6 +112,9 @@ class FakeKubelet:
         self.clock = clock
         self._next_relist = clock()
         self._relist_now = True
+        self._relist_at = self._next_relist
+        """When the relist of this pass happened (its point on the relist grid): it sees no
+        container created after that."""
         self._desired: dict[str, dict[str, Any]] = {}
         self._pods: dict[str, _Pod] = {}
         self._lock = threading.Lock()
@@ -191,9 +196,12 @@ class FakeKubelet:
                 desired = dict(self._desired)
             now = self.clock()
             self._relist_now = now >= self._next_relist
-            if self._relist_now and self.relist_s > 0:  # the next relist, on its grid
-                self._next_relist += (int((now - self._next_relist) // self.relist_s) + 1) \
-                    * self.relist_s
+            if self._relist_now and self.relist_s > 0:  # the latest relist, on its grid
+                late = int((now - self._next_relist) // self.relist_s)
+                self._relist_at = self._next_relist + late * self.relist_s
+                self._next_relist = self._relist_at + self.relist_s
+            elif self._relist_now:
+                self._relist_at = now
             try:
                 for name in set(self._pods) - set(desired):
                     for c in self._pods.pop(name).containers.values():
@@ -274,7 +282,8 @@ class FakeKubelet:
             cid = self.runtime.start(pod, cname, image, args)
             c = state.containers[cname] = _Container(
                 image=image, container_id=cid, last_id=cid, restarts=restarts,
-                ephemeral=ephemeral, seen=c.seen if c else ContainerView(None, running=False),
+                ephemeral=ephemeral, created_s=now,
+                seen=c.seen if c else ContainerView(None, running=False),
                 seen_image=c.seen_image if c else image,
                 seen_started_iso=c.seen_started_iso if c else "",
                 seen_state=c.seen_state if c else dict(_CREATING))
@@ -283,12 +292,15 @@ class FakeKubelet:
             return c  # never restarted (an ephemeral container's restartPolicy is Never)
         if c.container_id is None and now >= c.backoff_until:
             c.container_id = c.last_id = self.runtime.start(pod, cname, image, args)
+            c.created_s = now
         return c
 
     def _relist(self, c: _Container) -> bool:
         """What PLEG sees of one container now: its id, whether it runs, an exit. True when
         that changed (a PLEG event)."""
         before = (c.seen.container_id, c.seen.running, c.seen_state)
+        if c.created_s > self._relist_at:
+            return False  # created after this relist looked (a stop took long): the next one
         cid = c.container_id
         if cid is not None:
             code = self.runtime.exited(cid)
