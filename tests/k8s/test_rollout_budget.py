@@ -16,6 +16,7 @@ from kubesim.apiserver import ApiServer, Fault, LeanApiServer
 from kubesim.kubelet import FakeImage, FakeKubelet
 from typer.testing import Result
 
+from meshctl.rollout.record import ROLLOUT, PodPhase, RolloutRecord
 from tests.k8s.conftest import (
     IMAGES,
     NAMESPACE,
@@ -258,6 +259,31 @@ def test_pods_of_one_controller_without_a_budget_swap_one_after_the_other(
     progress = events_of(result)
     assert most_in_flight(progress) == 1
     assert "the other pod(s) of ReplicaSet" in named(progress, "budget_wait")[0]["reason"]
+
+
+def test_a_pod_left_mid_swap_by_another_rollout_counts_as_disrupted(
+    meshctl: Invoke, api: ApiServer, core: k8s.CoreV1Api, kubelet: FakeKubelet
+) -> None:
+    # web-02 carries another rollout's record, still `upgrading` (that rollout was killed
+    # mid-swap): Ready or not, it is disrupted, and the budget's one disruption is taken.
+    other = RolloutRecord(id="r-0123456789", image="registry.example/meshctl/proxy:9.9.9",
+                          state=PodPhase.UPGRADING, slot="b", from_image=PROXY_OLD,
+                          container_id=None, canary=False, time="2026-12-07T08:00:00.000Z")
+    mid_swap = web_pod(2)
+    mid_swap["metadata"]["annotations"] = {**mid_swap["metadata"].get("annotations", {}),
+                                           ROLLOUT: other.encode()}
+    fleet = create_fleet(core, kubelet, [web_pod(0), web_pod(1), mid_swap])
+    create_budget(core, maxUnavailable=1)
+
+    result = rollout(meshctl, "--timeout", "3")
+
+    assert result.exit_code == 2, result.output
+    pods = {p["pod"]: p for p in summary(result)["pods"]}
+    assert pods["web-02"]["reason_code"] == "other_rollout"
+    assert pods["web-00"]["result"] == "pending"
+    assert "has 2 (1 mid-swap): 0 more disruption(s) allowed" in pods["web-00"]["detail"]
+    assert [r for r in from_meshctl(api) if r.method == "PATCH"] == []
+    assert images(read_pod(core, fleet[0])) == OLD
 
 
 def test_no_permission_to_list_budgets_is_refused_with_exit_3_before_any_change(
