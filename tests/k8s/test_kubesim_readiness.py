@@ -244,3 +244,23 @@ def test_a_container_start_reaches_the_status_at_the_next_relist_not_at_once(
     # The old container's status holds until a relist sees the new one (0 to 1 s later).
     assert time.monotonic() - patched <= 1.3
     assert status_of(read_pod(core, "relisted"), "app")["image"] == SLOW_START
+
+
+def test_an_image_an_ephemeral_container_pulled_starts_a_restarted_container_without_a_pull(
+        core: k8s.CoreV1Api, kubelet: FakeKubelet, runtime: FakeRuntime) -> None:
+    core.create_namespaced_pod(NAMESPACE, pod("prepulled", container("app", QUICK,
+                                                                     periodSeconds=1)))
+    timeline = Timeline(core, "prepulled")
+    timeline.until(True, 3)
+    # The pre-pull: an ephemeral container of the new image (it never counts for readiness).
+    core.patch_namespaced_pod("prepulled", NAMESPACE, [{"op": "add", "path":
+        "/spec/ephemeralContainers", "value": [{"name": "prepull", "image": BIG}]}])
+    time.sleep(1.6)  # its pull
+    assert BIG in runtime.pulled
+    timeline.stays(True, 0.5)
+    core.patch_namespaced_pod("prepulled", NAMESPACE, [
+        {"op": "replace", "path": "/spec/containers/0/image", "value": BIG}])
+    patched = time.monotonic()
+    timeline.until(False, 3)
+    timeline.until(True, 3)
+    assert time.monotonic() - patched < 1.4  # a relist and a probe, not a 1.5 s pull
