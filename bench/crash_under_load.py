@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
+from zeroloss import crash_section
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crash_under_load.json"
 DURATION_S = 8
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                                      "kill_at_s": KILL_AT_S,
                                      "rounds": [r.__dict__ for r in rounds],
                                      "table": table}, indent=1) + "\n")
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    data = crash_section.load()
+    if data is not None and docs.exists():
+        docs.write_text(crash_section.splice(docs.read_text(), data))
     held = [r for r in rounds if r.arm == "held"]
     return 0 if all(r.refused_requests == 0 and r.probe_refused == 0 for r in held) else 1
 

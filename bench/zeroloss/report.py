@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from zeroloss import records, xds_section
+from zeroloss import crash_section, records, xds_section
 
 HAND_WRITTEN = "benchmarks-upgrade-drain.md"
 """The hand-written benchmark page (upgrade under load with wrk and hey, drain time, the
@@ -301,7 +301,9 @@ def build_markdown(suite: Mapping[str, Any], docs_path: Path) -> str:
     out += _method(suite, base)
     text = "\n".join(out).rstrip() + "\n"
     scale = xds_section.load()
-    return xds_section.splice(text, scale) if scale is not None else text
+    text = xds_section.splice(text, scale) if scale is not None else text
+    crash = crash_section.load()
+    return crash_section.splice(text, crash) if crash is not None else text
 
 
 def _drift(suite: Mapping[str, Any]) -> str:
