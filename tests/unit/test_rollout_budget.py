@@ -71,10 +71,12 @@ def test_match_expressions_follow_the_four_operators(
     assert selects(LabelSelector({}, (Requirement("k", operator, values),)), labels) is expected
 
 
-def test_an_empty_missing_or_unreadable_selector_matches_nothing() -> None:
-    assert not selects(LabelSelector(), {"app": "web"})
-    assert not selects(None, {"app": "web"})
+def test_an_empty_selector_matches_every_pod_a_null_or_unreadable_one_none() -> None:
+    # policy/v1: `selector: {}` selects the whole namespace; a budget without one, nothing.
     assert LabelSelector.from_json({}) == LabelSelector()
+    assert selects(LabelSelector(), {"app": "web"}) and selects(LabelSelector(), {})
+    assert LabelSelector.from_json(None) is None
+    assert not selects(None, {"app": "web"})
     unreadable = LabelSelector.from_json(
         {"matchExpressions": [{"key": "k", "operator": "Near", "values": ["a"]}]})
     assert unreadable is not None and not unreadable.valid

@@ -36,9 +36,10 @@ class Requirement:
 
 @dataclass(frozen=True)
 class LabelSelector:
-    """A metav1.LabelSelector. `valid` is False when the API gave something meshctl cannot
-    read as a selector (an unknown operator, In without values): such a selector matches
-    nothing, as the eviction API treats a budget whose selector does not parse."""
+    """A metav1.LabelSelector. Empty (`{}`) selects everything. `valid` is False when the API
+    gave something meshctl cannot read as a selector (an unknown operator, In without
+    values): such a selector matches nothing, as the eviction API treats a budget whose
+    selector does not parse."""
 
     match_labels: Mapping[str, str] = field(default_factory=dict)
     match_expressions: tuple[Requirement, ...] = ()
@@ -50,7 +51,7 @@ class LabelSelector:
 
     @classmethod
     def from_json(cls, data: Any) -> LabelSelector | None:
-        """None for a missing selector (a budget without one selects nothing)."""
+        """None for a missing (null) selector: a budget without one selects nothing."""
         if not isinstance(data, Mapping):
             return None
         labels = data.get("matchLabels") or {}

@@ -17,7 +17,10 @@ absent where no controller runs. The arithmetic follows the controller
                  terminating; it is smaller only while a replica is missing altogether
                  (deleted, its replacement not created yet), a window of milliseconds for a
                  ReplicaSet. Reading the scale would need `get` on every kind of controller
-                 (and its /scale), which no other part of a swap needs.
+                 (and its /scale), which no other part of a swap needs. Pods without a
+                 controller are counted here; `getExpectedScale` skips them (with an
+                 `UnmanagedPods` warning on the budget), so over bare pods only, a
+                 maxUnavailable budget expects 0 there and allows nothing.
   desired        minAvailable as a count, or as a percentage of expected rounded up;
                  expected - maxUnavailable, maxUnavailable a percentage rounded up too
                  (`intstr.GetScaledValueFromIntOrPercent(..., true)`), never below 0. A budget
@@ -33,8 +36,10 @@ Ready costs a budget nothing: the eviction API lets it go when the budget is hea
 (healthy >= desired) or its `unhealthyPodEvictionPolicy` is AlwaysAllow, and so does this.
 (The eviction API also refuses an unready pod of a budget whose desired count is 0 and that
 has no healthy pod, an artefact of its decrement; a budget that desires 0 protects nothing,
-and here it does not block.) A budget whose selector is empty, missing or unreadable selects
-no pod (eviction.go, `getPodDisruptionBudgets`).
+and here it does not block.) Selectors are read as `metav1.LabelSelectorAsSelector` reads
+them for the controller's `getPodsForPdb` and eviction.go's `getPodDisruptionBudgets`: a null
+selector selects no pod, an empty one (`{}`) every pod of the namespace (policy/v1; it was
+none in v1beta1), one that does not parse no pod.
 
 A Ready pod that no budget covers and that is its controller's only pod (the
 `controller: true` owner reference: a ReplicaSet, a StatefulSet) is refused unless forced:
@@ -165,10 +170,10 @@ class Check:
 
 
 def selects(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
-    """metav1.LabelSelectorAsSelector(...).Matches, where an empty or unreadable selector
-    matches nothing (a budget's rule, eviction.go: "it should match nothing, not
-    everything")."""
-    if selector is None or not selector.valid or selector.empty:
+    """metav1.LabelSelectorAsSelector(selector).Matches(labels): a null selector matches
+    nothing, an empty one everything, one that does not parse nothing (eviction.go skips a
+    budget whose selector does not convert)."""
+    if selector is None or not selector.valid:
         return False
     if any(labels.get(k) != v for k, v in selector.match_labels.items()):
         return False
