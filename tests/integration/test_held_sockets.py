@@ -158,19 +158,24 @@ def test_a_listener_the_new_config_removes_refuses_at_once_not_when_the_drain_en
 
 # ----------------------------------------------------------------- listeners from a control plane
 
-def test_a_listener_lds_removes_is_no_longer_held(meshctl: Meshctl, ports: Ports,
-                                                  workdir: Path, envoy_new: Path) -> None:
+def test_a_listener_lds_adds_is_held_and_one_it_removes_is_not(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_new: Path) -> None:
     with xds_mesh(workdir, ports) as mesh:
         xds_start(meshctl, mesh, envoy_new)
-        removed = mesh.ports[1]
+        removed, added = mesh.ports[1], free_port()
         meshctl.wait_for(lambda s: s["held_sockets"]["sockets"] == 4, 15, "4 held sockets")
 
-        mesh.plane.set_snapshot(mesh.snapshot("2", ports=[ports.http]))
+        mesh.plane.set_snapshot(mesh.snapshot("2", ports=[*mesh.ports, added]))
+        snap = meshctl.wait_for(lambda s: s["held_sockets"]["sockets"] == 6, 15,
+                                "the added listener's sockets held")
+        assert f"tcp://127.0.0.1:{added}" in snap["held_sockets"]["addresses"]
+
+        mesh.plane.set_snapshot(mesh.snapshot("3", ports=[ports.http]))
         snap = meshctl.wait_for(lambda s: s["held_sockets"]["sockets"] == 2, 15,
-                                "the removed listener's sockets closed")
+                                "the removed listeners' sockets closed")
 
         assert snap["held_sockets"]["addresses"] == [f"tcp://127.0.0.1:{ports.http}"]
-        assert refused(removed)
+        assert refused(removed) and refused(added)
 
 
 def test_a_crash_while_the_control_plane_is_down_refuses_nothing_and_loses_only_what_was_in_flight(
