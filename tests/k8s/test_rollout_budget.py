@@ -166,6 +166,17 @@ def test_a_budget_allowing_one_disruption_keeps_one_pod_mid_swap_whatever_max_pa
     assert all(images(read_pod(core, name)) == NEW for name in fleet)
 
 
+def test_the_text_summary_has_a_line_per_budget(
+    meshctl: Invoke, core: k8s.CoreV1Api, kubelet: FakeKubelet
+) -> None:
+    create_fleet(core, kubelet, [web_pod(i) for i in range(2)])
+    create_budget(core, maxUnavailable=1)
+    result = meshctl("rollout", "--selector", SELECTOR, "--image", PROXY_NEW, "--canary", "0")
+    assert result.exit_code == 0, result.output
+    assert (f"PodDisruptionBudget {NAMESPACE}/web: allowed 1 at the start; 1 pod(s) held; at "
+            f"most 1 of its pods mid-swap at once") in result.stdout
+
+
 def test_a_budget_at_its_minimum_holds_the_rollout_until_its_not_ready_pod_is_ready(
     meshctl: Invoke, core: k8s.CoreV1Api, kubelet: FakeKubelet, runtime: FleetRuntime
 ) -> None:
