@@ -10,7 +10,8 @@ They are checked once the step has settled (the supervisor RUNNING, no upgrade i
   supervisor or one of its generations;
 - the supervisor's file descriptors do not grow from step to step;
 - on disk, only the live generation's hot-restart sockets (and its parent's stand-in) and one
-  shared-memory file.
+  shared-memory file; no parent socket of an older generation left behind;
+- the live generation's parent socket, if any, answered (Trap 2).
 """
 
 from __future__ import annotations
@@ -165,6 +166,31 @@ def no_stale_parent_socket(snap: StatusSnapshot, state_dir: Path) -> list[str]:
              f"own"] if stale else [])
 
 
+def live_parent_answered(snap: StatusSnapshot, state_dir: Path) -> list[str]:
+    """The live generation's parent socket, when there is one, has a listener (its parent, or
+    a stand-in): until its --parent-shutdown-time-s timer has fired, the live Envoy sends its
+    parent stats requests and a Terminate there, and on ECONNREFUSED it retries ten times with
+    its main thread blocked, then aborts (Trap 2). Probed with connect(), which sends nothing.
+    (Once the timer has fired a dead socket is harmless: a supervisor killed long after an
+    upgrade makes this report one that no longer matters.)"""
+    live = snap["live"]
+    if live is None:
+        return []
+    _, parent = expected_socket_files(snap["base_id"], live["epoch"])
+    path = state_dir / "hr" / parent
+    if live["epoch"] == 0 or not path.exists():
+        return []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return [f"nothing answers on live epoch {live['epoch']}'s parent socket {parent}: "
+                    f"the live Envoy aborts at its next hot-restart message (Trap 2)"]
+        except OSError as exc:
+            return [f"live epoch {live['epoch']}'s parent socket {parent}: {exc}"]
+    return []
+
+
 def check_all(snap: StatusSnapshot, state_dir: Path, ports: Sequence[int], *,
               fds_now: int | None, fds_baseline: int | None) -> dict[str, list[str]]:
     """Every invariant by name; a name maps to [] when it holds."""
@@ -177,4 +203,5 @@ def check_all(snap: StatusSnapshot, state_dir: Path, ports: Sequence[int], *,
         "fds_steady": fds_steady(fds_now, fds_baseline),
         "no_leaked_files": no_leaked_files(snap, state_dir),
         "no_stale_parent_socket": no_stale_parent_socket(snap, state_dir),
+        "live_parent_answered": live_parent_answered(snap, state_dir),
     }

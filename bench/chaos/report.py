@@ -14,6 +14,9 @@ from chaos.causes import Cause, Failure, Kill, count
 from chaos.harness import CliCall
 from chaos.schedule import Step
 
+FAILURES_SHOWN = 20
+"""Failures listed per step in the JSON (all are counted), enough to place them in time."""
+
 
 @dataclass
 class StepResult:
@@ -41,7 +44,10 @@ class StepResult:
                 "failed": len(self.failures),
                 "failed_by_cause": self.failed_by_cause(kills),
                 "longest_without_live_s": round(self.longest_without_live_s, 3),
-                "aborted": self.aborted}
+                "aborted": self.aborted,
+                "first_failures": [
+                    {**f.to_json(), "after_start_s": round(f.t_s - self.started_s, 3)}
+                    for f in self.failures[:FAILURES_SHOWN]]}
 
 
 @dataclass

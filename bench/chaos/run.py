@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 import time
@@ -117,6 +118,8 @@ def run_chaos(settings: Settings, binaries: dict[Binary, Path], root: Path) -> R
         watch.stop()
         supervisor.stop()
         after_stop = _leftovers(site.state_dir, base_id)
+        # Envoy's logs live on the tmpfs: keep them beside the supervisor's (`--keep`).
+        shutil.copytree(site.state_dir / "logs", root / "envoy-logs", dirs_exist_ok=True)
         site.close()
     tally = load.tally
     longest = watch.longest()

@@ -28,17 +28,18 @@ from chaos.schedule import FAULTS, Binary, Fault  # noqa: E402
 pytestmark = [pytest.mark.envoy,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]
 
-SEED = 1918
-"""Of the seeds below 2,000, one whose 11 steps draw 10 of the 12 variants of these kinds
-(both SIGSTOPs, both supervisor kills, a port in use, a crashing binary)."""
+SEED = 4432
+"""Of the seeds below 5,000 whose supervisor kills all come during an upgrade (an idle one
+meets a src bug: the xfail test below), one whose 11 steps draw 10 of the variants (a port in
+use, a crashing binary, a rejected config, a binary that is not Envoy, ...)."""
 STEPS = 11
 
-EXPECT_NO_REFUSED = False
-"""Flip to True once the supervisor holds the live generation's listening sockets through a
-crash (the "held sockets" work): then a kill -9 of the live Envoy must refuse no connection
-and lose no request on a new connection away from the kill's own moment (requests in flight
-on the killed process, and new connections it had accepted, are lost whatever a supervisor
-does: `chaos.causes`)."""
+EXPECT_NO_REFUSED = True
+"""Since the supervisor holds the live generation's listening sockets through a crash (the
+"held sockets" commits, 70918c4 and after), a kill -9 of the live Envoy refuses no connection:
+this run must then see no refused connection and no request lost on a new connection away
+from a kill's own moment (requests in flight on a killed process, and new connections it had
+accepted, are lost whatever a supervisor does: `chaos.causes`). False before that work."""
 
 KNOWN_SRC_BUGS: dict[str, str] = {
     "no_stale_parent_socket":
@@ -62,8 +63,8 @@ def chaos_root() -> Iterator[Path]:
 
 
 def _run(root: Path, envoy_old: Path, envoy_new: Path, kinds: tuple[Fault, ...],
-         steps: int) -> Report:
-    settings = Settings(seed=SEED, steps=steps, kinds=kinds,
+         steps: int, seed: int = SEED) -> Report:
+    settings = Settings(seed=seed, steps=steps, kinds=kinds,
                         expect_no_refused=EXPECT_NO_REFUSED)
     report = run_chaos(settings, {Binary.OLD: envoy_old, Binary.NEW: envoy_new}, root)
     print(report.steps_table())
@@ -92,6 +93,23 @@ def test_a_short_chaos_run_keeps_every_invariant_after_every_fault(
 
 
 @pytest.mark.xfail(strict=True, reason=(
+    "src bug: a supervisor killed while the live generation's parent is gone (the stand-in "
+    "answering on its parent socket dies with it) is replaced by one that adopts the live "
+    "Envoy but binds no stand-in there: the live Envoy's next hot-restart message (its "
+    "Terminate at --parent-shutdown-time-s) meets ECONNREFUSED, blocks 10 s and aborts "
+    "(Trap 2). See docs/reliability.md, the chaos run."))
+@pytest.mark.timeout(300)
+def test_a_supervisor_killed_between_upgrades_is_replaced_without_losing_the_live_envoy(
+        chaos_root: Path, envoy_old: Path, envoy_new: Path) -> None:
+    # Seed 1: a plain upgrade, then a supervisor kill 0.49 s after it settled.
+    report = _run(chaos_root, envoy_old, envoy_new, (Fault.KILL_SUPERVISOR,), 2, seed=1)
+
+    assert not report.aborted and len(report.steps) == 2
+    assert report.steps[1].step.variant == "idle"
+    assert not report.violations, violations_text(report.violations)
+
+
+@pytest.mark.xfail(strict=True, reason=(
     "src bug: with the state dir's file system full the supervisor exits (a StateDirError "
     "from a state save in its loop) and ends every Envoy; StateDir.save ignores a short "
     "os.write, so the state file is left truncated and no supervisor starts on it again "
@@ -99,8 +117,8 @@ def test_a_short_chaos_run_keeps_every_invariant_after_every_fault(
 @pytest.mark.timeout(300)
 def test_a_full_state_dir_costs_no_generation_and_no_state(
         chaos_root: Path, envoy_old: Path, envoy_new: Path) -> None:
-    report = _run(chaos_root, envoy_old, envoy_new, (Fault.FULL_STATE_DIR,), 3)
+    report = _run(chaos_root, envoy_old, envoy_new, (Fault.FULL_STATE_DIR,), 2, seed=1)
 
-    assert not report.aborted and len(report.steps) == 3
+    assert not report.aborted and len(report.steps) == 2
     unexplained = _unexplained(report)
-    assert not unexplained, f"seed {SEED}:\n{violations_text(unexplained)}"
+    assert not unexplained, f"seed 1:\n{violations_text(unexplained)}"

@@ -25,14 +25,14 @@ def test_a_refused_connect_is_refused_whatever_else_is_known() -> None:
 
 def test_a_reset_or_eof_on_a_connection_opened_for_the_request_is_a_new_connection_failure(
         ) -> None:
-    assert classify(failure("reset", new=True, epoch="", t_s=100.5), KILLS) \
+    assert classify(failure("reset", new=True, epoch="", t_s=100.25), KILLS) \
         is Cause.NEW_CONNECTION
     assert classify(failure("eof", new=True, epoch="", t_s=90.0), KILLS) \
         is Cause.NEW_CONNECTION
 
 
 def test_a_new_connection_lost_at_the_moment_of_a_kill_is_set_apart() -> None:
-    assert classify(failure("reset", new=True, epoch="", t_s=100.1), KILLS) \
+    assert classify(failure("reset", new=True, epoch="", t_s=100.08), KILLS) \
         is Cause.NEW_CONNECTION_AT_KILL
     assert classify(failure("eof", new=True, epoch="", t_s=99.97), KILLS) \
         is Cause.NEW_CONNECTION_AT_KILL
