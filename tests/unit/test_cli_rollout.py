@@ -27,6 +27,8 @@ def test_the_progress_bar_counts_upgrades_and_prints_failures_and_skips_above_it
         {"event": "pod_upgraded", **pod, "pod": "web-1", "batch": 2},
         {"event": "pod_rolled_back", **pod, "pod": "web-2", "batch": 2,
          "reason": "not ready within 1s"},
+        {"event": "budget_wait", **pod, "pod": "web-3", "batch": 2,
+         "reason": "PodDisruptionBudget shop/web needs 2 healthy pod(s) of 3, has 2"},
         {"event": "note", "message": "no Events will be recorded: forbidden"},
         {"event": "rollout_done", "exit_code": 1},
     ]:
@@ -38,6 +40,7 @@ def test_the_progress_bar_counts_upgrades_and_prints_failures_and_skips_above_it
     assert "shop/web-9: skipped: not Ready" in text
     assert "shop/web-2: rolled_back: not ready within 1s" in text
     assert "no Events will be recorded: forbidden" in text
+    assert "shop/web-3: held: PodDisruptionBudget shop/web needs 2 healthy pod(s) of 3" in text
 
 
 def test_the_rollout_help_breaks_its_prose_only_at_the_end_of_a_sentence() -> None:

@@ -149,9 +149,8 @@ def rollout(
     A canary first, then --max-parallel pods at a time.
     Each failed pod is rolled back: its old slot never stopped serving.
     Pods that are not Ready or lack the two proxy slots are skipped and reported.
-    PodDisruptionBudgets are respected, whatever --max-parallel says:
-    a pod whose budget allows no disruption now waits (within --timeout,
-    or --pod-timeout without it).
+    PodDisruptionBudgets are respected, whatever --max-parallel says.
+    A pod whose budget allows no disruption waits, within --timeout (or --pod-timeout).
 
     The state is kept in the pods (annotation meshctl.io/rollout).
     Run the same command again to continue after a pause, --timeout, a signal or a crash.
