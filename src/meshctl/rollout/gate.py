@@ -41,15 +41,27 @@ class BudgetJson(TypedDict):
     namespace: str
     name: str
     allowed_at_start: int
-    """Disruptions it allowed at its first read (none of its pods mid-swap then)."""
+    """Disruptions it allowed at its first read, counting its Ready pods (none of them as
+    mid-swap)."""
     waits: int
     """Pods held by it (each counted once, however long it waited)."""
     max_mid_swap: int
     """The most of its pods this rollout had mid-swap at once."""
 
 
-def numbers(count: BudgetCount) -> dict[str, int | str]:
-    """A budget's numbers as a `budget_wait` event carries them."""
+class BudgetNumbersJson(TypedDict):
+    """A budget's numbers as a `budget_wait` event carries them (`budget.BudgetCount`)."""
+
+    budget: str
+    """namespace/name"""
+    expected: int
+    desired_healthy: int
+    healthy: int
+    mid_swap: int
+    allowed: int
+
+
+def numbers(count: BudgetCount) -> BudgetNumbersJson:
     return {"budget": f"{count.namespace}/{count.name}", "expected": count.expected,
             "desired_healthy": count.desired_healthy, "healthy": count.healthy,
             "mid_swap": count.mid_swap, "allowed": count.allowed}
