@@ -163,6 +163,10 @@ def test_a_budget_allowing_one_disruption_keeps_one_pod_mid_swap_whatever_max_pa
                                      "allowed_at_start": 1, "waits": 0, "max_mid_swap": 1}
     held = [p for p in report["pods"] if p.get("budget_wait_s")]
     assert budget["waits"] == len(held) and len(held) in (4, 5)
+    requests = report["api_requests"]
+    assert requests["for_pods"] == 12  # 2 a pod: the budgets cost none of theirs
+    assert requests["list_and_watch"] == 2  # the list, the watch
+    assert requests["for_budgets"] == requests["total"] - 14 >= 4  # 2 a look, 2+ looks
     assert all(images(read_pod(core, name)) == NEW for name in fleet)
 
 

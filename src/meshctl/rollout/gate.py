@@ -108,11 +108,15 @@ class Gate:
             self.requests += self.kube.requests - before
             self._snapshots[namespace] = snapshot
             mid |= {key for key, pod in snapshot.raw.items() if _upgrading(pod)}
+            wanted = set(keys)
             for budget in snapshot.budgets:
-                self.budgets.setdefault((budget.namespace, budget.name), BudgetJson(
+                known = (budget.namespace, budget.name) in self.budgets
+                if known or not any(p.key in wanted for p in members(budget, snapshot.pods)):
+                    continue  # the summary names the budgets over this rollout's pods only
+                self.budgets[(budget.namespace, budget.name)] = BudgetJson(
                     namespace=budget.namespace, name=budget.name,
                     allowed_at_start=max_disruptions(budget, snapshot.pods),
-                    waits=0, max_mid_swap=0))
+                    waits=0, max_mid_swap=0)
         verdicts: dict[PodKey, Check | None] = {}
         for key in keys:
             check = self._snapshots[key[0]].check(key, mid, force=self.force)

@@ -52,6 +52,8 @@ class ApiRequestsJson(TypedDict):
     per_pod: float | None
     pods_started: int
     for_pods: int
+    for_budgets: int
+    """The disruption budget checks' lists (`rollout.gate`)."""
     list_and_watch: int
     watch_connections: int
 
@@ -144,6 +146,7 @@ class RolloutReport:
     plan: dict[str, Any] | None = None
     batch_outcomes: dict[int, dict[str, int]] = field(default_factory=dict)
     budgets: list[BudgetJson] = field(default_factory=list)
+    budget_requests: int = 0
 
     @property
     def exit_code(self) -> rp.RolloutExit:
@@ -166,7 +169,8 @@ class RolloutReport:
                 "per_pod": round(self.api_requests / started, 2) if started else None,
                 "pods_started": started,
                 "for_pods": self.pod_requests,
-                "list_and_watch": self.api_requests - self.pod_requests,
+                "for_budgets": self.budget_requests,
+                "list_and_watch": self.api_requests - self.pod_requests - self.budget_requests,
                 "watch_connections": self.watch_connections,
             },
             "elapsed_s": round(self.elapsed_s, 3),

@@ -717,7 +717,8 @@ class _Rollout:
             watch_connections=self.watch_connections,
             elapsed_s=self.clock.monotonic() - self.t0,
             cpu_s=time.process_time() - self.cpu0, plan=plan,
-            batch_outcomes=self.batch_outcomes, budgets=self.gate.summary())
+            batch_outcomes=self.batch_outcomes, budgets=self.gate.summary(),
+            budget_requests=self.gate.requests)
 
     def _dry_run_plan(self, selection: rp.Selection) -> dict[str, Any]:
         """The batches and, for each pod, the patches it would get."""
