@@ -174,3 +174,68 @@ def violations_text(violations: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(f"step {v['step']} ({v['fault']}{'/' + v['variant'] if v['variant'] else ''},"
                      f" seed {v['seed']}): {v['invariant']}: {'; '.join(v['problems'])}"
                      for v in violations)
+
+
+START_MARK = "<!-- chaos:start -->"
+END_MARK = "<!-- chaos:end -->"
+
+
+def docs_section(report: Report, command: str) -> str:
+    """The Markdown between the markers of docs/reliability.md: what was run, the figures,
+    the exit codes by fault, and every violation by invariant."""
+    machine = report.machine
+    kinds = schedule.by_kind(r.step for r in report.steps)
+    codes = _exit_codes(report.steps)
+    code_rows = [(k, ", ".join(f"{c}: {n}" for c, n in v.items())) for k, v in codes.items()]
+    by_invariant: dict[str, list[dict[str, Any]]] = {}
+    for v in report.violations:
+        by_invariant.setdefault(v["invariant"], []).append(v)
+    violation_rows = [
+        (name, len(vs), ", ".join(str(v["step"]) for v in vs[:12]) + (" ..." if len(vs) > 12
+                                                                         else ""),
+         str(vs[0]["problems"][0])[:160].replace("|", "/"))
+        for name, vs in sorted(by_invariant.items())]
+    lines = [
+        START_MARK,
+        "## The chaos run (issue 17)",
+        "",
+        f"`{command}` ({machine.get('date_utc', '?')}, {report.duration_s / 60:.1f} min on "
+        f"this {machine.get('cpus', '?')}-CPU machine; `bench/results/chaos.json` has every "
+        f"step). One supervisor on a sidecar config (a static listener beside a listener, "
+        f"route, cluster and endpoints from a real ADS server), "
+        f"{report.settings.get('load', {}).get('keepalive_lanes')} keep-alive and "
+        f"{report.settings.get('load', {}).get('new_connection_lanes')} new-connection "
+        f"load lanes for the whole run, {len(report.steps)} steps of a schedule drawn from "
+        f"seed {report.seed}: each an upgrade (1.39.3 or 1.40.0) with at most one fault "
+        f"({', '.join(f'{k} {n}' for k, n in kinds.items() if n)}). After every step: one "
+        f"LIVE generation, the ports accept, status and state file agree, no orphan process, "
+        f"the supervisor's fds steady, no leaked socket or shared-memory file, the live "
+        f"generation's parent socket answered. The short form is "
+        f"`tests/integration/test_chaos.py`.",
+        "",
+        report.summary_table(),
+        "",
+        "Exit codes of the `meshctl upgrade` commands, by fault:",
+        "",
+        markdown_table(("fault", "exit code: commands"), code_rows),
+        "",
+    ]
+    if violation_rows:
+        lines += ["Invariants violated (steps listed; the first problem as the run wrote it):",
+                  "",
+                  markdown_table(("invariant", "steps", "which", "first"), violation_rows),
+                  ""]
+    else:
+        lines += ["No invariant was violated.", ""]
+    lines.append(END_MARK)
+    return "\n".join(lines)
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with what lies between the markers (markers included) replaced by `section`, or
+    `section` appended when the markers are absent."""
+    start, end = text.find(START_MARK), text.find(END_MARK)
+    if start < 0 or end < start:
+        return text.rstrip("\n") + "\n\n" + section + "\n"
+    return text[:start] + section + text[end + len(END_MARK):]
+

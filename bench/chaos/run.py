@@ -42,7 +42,13 @@ from chaos import faults, invariants, schedule
 from chaos.causes import Cause, count
 from chaos.harness import Harness, Timeouts
 from chaos.load import ChaosLoad, LoadSpec
-from chaos.report import Report, StepResult, violations_text
+from chaos.report import (
+    Report,
+    StepResult,
+    docs_section,
+    replace_section,
+    violations_text,
+)
 from chaos.schedule import Binary, Fault, Step
 from chaos.site import Site
 from chaos.watch import LiveWatch
@@ -240,6 +246,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
     p.add_argument("--expect-no-refused", action="store_true",
                    help="a refused connection or a failure on a new connection is a violation")
+    p.add_argument("--docs", type=Path, default=None,
+                   help="write the figures between the chaos markers of this page "
+                        "(docs/reliability.md)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     return p.parse_args(argv)
 
@@ -269,6 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finish_machine_info(machine)
     report.machine = machine
     write_json(args.json, report.to_json())
+    if args.docs is not None:
+        command = "python bench/chaos_run.py " + " ".join(
+            a for a in (argv if argv is not None else sys.argv[1:])
+            if not a.startswith("--docs") and a != str(args.docs))
+        args.docs.write_text(replace_section(args.docs.read_text(),
+                                             docs_section(report, command.strip())))
+        log(f"figures written to {args.docs}")
     print(report.steps_table())
     print()
     print(report.summary_table())
