@@ -170,6 +170,25 @@ def test_a_budget_allowing_one_disruption_keeps_one_pod_mid_swap_whatever_max_pa
     assert all(images(read_pod(core, name)) == NEW for name in fleet)
 
 
+def test_a_percentage_budget_with_match_expressions_lets_its_share_go_at_once(
+    meshctl: Invoke, core: k8s.CoreV1Api, kubelet: FakeKubelet, runtime: FleetRuntime
+) -> None:
+    fleet = create_fleet(core, kubelet, [web_pod(i) for i in range(4)])
+    # 50% of 4 must stay available: 2 at a time may swap.
+    create_budget(core, minAvailable="50%", selector={
+        "matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "api"]},
+                             {"key": "canary", "operator": "DoesNotExist"}]})
+    before = len(runtime.starts)
+
+    result = rollout(meshctl, "--max-parallel", "4")
+
+    assert result.exit_code == 0, result.output
+    assert most_in_flight(events_of(result)) == 2
+    assert most_swapping_on_the_node(runtime.starts[before:]) == 2
+    assert summary(result)["budgets"][0]["allowed_at_start"] == 2
+    assert all(images(read_pod(core, name)) == NEW for name in fleet)
+
+
 def test_the_text_summary_has_a_line_per_budget(
     meshctl: Invoke, core: k8s.CoreV1Api, kubelet: FakeKubelet
 ) -> None:
