@@ -391,3 +391,32 @@ def test_init_priority_normal_starts_a_new_generation_like_any_other(
     assert record["init_scheduling"] == "normal (--init-priority normal)"
     assert "new_restored" not in [e["event"] for e in record["events"]]
     assert "back to normal" not in meshctl.supervisor_log()
+
+
+def test_a_supervisor_killed_after_an_upgrade_is_replaced_and_the_live_envoy_does_not_abort(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_new: Path) -> None:
+    """Found by the chaos run: the live generation's parent ended early, a stand-in answering
+    on its socket; the supervisor dies, and the stand-in with it. The one that adopts the live
+    generation must answer there again, or its Terminate at --parent-shutdown-time-s meets
+    ECONNREFUSED, blocks it 10 s and aborts it (Trap 2)."""
+    config = envoy_config(workdir / "v1.yaml", ports)
+    args = ("--drain-min-s", "0.2", "--drain-max-s", "2", "--stop-grace-s", "1")
+    meshctl.start(*args, config=config)
+    done = meshctl.cli("upgrade", "--envoy", str(envoy_new), "--wait", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["drain_end"] != "deadline", record  # ended early: the stand-in answers
+    live = meshctl.status()["live"]
+    assert meshctl.proc is not None
+    meshctl.proc.kill()
+    meshctl.proc.wait()
+
+    meshctl.start(*args, config=config)
+    with Traffic(ports.http) as traffic:
+        time.sleep(2 + 1 + 5 + 12)  # its --parent-shutdown-time-s (8 s), then Envoy's 10 s
+
+    assert psutil.pid_exists(live["pid"]), meshctl.supervisor_log()[-2000:]
+    snap = meshctl.status()
+    assert (snap["phase"], snap["live"]["pid"], snap["crashes"]["total"]) == \
+        ("running", live["pid"], 0)
+    assert traffic.stats.failed == 0, traffic.stats.to_json()

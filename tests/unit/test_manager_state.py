@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -351,3 +352,35 @@ def test_every_socket_envoy_binds_fits_in_the_longest_state_dir_prepare_accepts(
             sock.bind(str(path))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(str(StateDir(root).control_socket))
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a state dir's file system that fills up (found by the chaos run)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_save_on_a_full_file_system_keeps_the_last_good_state_file(small_fs: Path) -> None:
+    state = StateDir(small_fs / "sd")
+    state.prepare()
+    state.save({"history": [{"id": "u1"}], "generations": []})
+    good = state.state_file.read_bytes()
+    # Leave two pages free: the next state file fits in part, so os.write writes less than
+    # asked before it fails.
+    vfs = os.statvfs(small_fs)
+    with (small_fs / "filler").open("wb") as f, contextlib.suppress(OSError):
+        f.write(b"x" * (vfs.f_bavail * vfs.f_frsize - 2 * 4096))
+
+    with pytest.raises(StateDirError, match="cannot write"):
+        state.save({"history": [{"id": f"u{i}", "pad": "y" * 200} for i in range(100)],
+                    "generations": []})
+
+    assert state.state_file.read_bytes() == good  # never truncated
+    assert [p.name for p in (small_fs / "sd").iterdir() if p.name.endswith(".tmp")] == []

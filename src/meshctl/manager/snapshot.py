@@ -141,6 +141,8 @@ class StatusSnapshot(TypedDict):
     health: str | None
     xds: dict[str, Any] | None
     held_sockets: HeldSocketsJSON
+    state_error: str | None
+    """Why the state file could not be written (its last good content stays), or None."""
     drain_policy: SupervisorDrainJSON
 
 

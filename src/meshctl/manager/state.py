@@ -218,7 +218,11 @@ class StateDir:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, payload)
+                # os.write may write less than asked (a file system filling up): the rest,
+                # or ENOSPC, and then the old file stays, never a truncated one.
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -130,6 +130,8 @@ class Supervisor(PodSlotSteps):
                                        enabled=settings.hold_sockets)
         """Duplicates of the live generation's listening sockets: a crash refuses nothing."""
         self._base_id_lock: socket.socket | None = None
+        self._save_error: str | None = None
+        """Why the last state file write failed, until one succeeds (status: state_error)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -225,6 +227,11 @@ class Supervisor(PodSlotSteps):
         older = [g for g in adopted if g is not newest]
         if not older:
             self.live = newest
+            # Its parent is gone, and the stand-in that answered on its socket (if any) died
+            # with the supervisor before us: without one, its next hot-restart message (the
+            # Terminate at --parent-shutdown-time-s) blocks it 10 s, then aborts (Trap 2).
+            if newest.epoch > 0 and self.ledger is None:
+                self.gens.bind_stand_in_for(newest.epoch - 1)
             self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
             return  # STARTING: _step_starting marks it LIVE once /ready says so
         old = older[-1]
@@ -571,6 +578,7 @@ class Supervisor(PodSlotSteps):
                        else None),
             "xds": self.guard.status() if live is not None and live.xds_driven else None,
             "held_sockets": self.holding.status(),
+            "state_error": self._save_error,
             "drain_policy": {
                 "drain_min_s": self.settings.drain.drain_min_s,
                 "drain_max_s": self.settings.drain.drain_max_s,
@@ -596,8 +604,21 @@ class Supervisor(PodSlotSteps):
         self.metrics.set_held(snap["held_sockets"]["sockets"], snap["held_sockets"]["given"])
 
     def _save(self) -> None:
+        """The state file (for a supervisor that adopts our generations after a crash). A
+        write that fails (the state dir's file system full) leaves the last good file, is
+        logged and tried again at the next save: serving must not depend on it."""
         status = self._status()
         state: dict[str, Any] = {**status, "history": self.history,
                                  "upgrade_counter": self._upgrade_counter}
-        self.state.save(state)
-        self._snapshot = status
+        try:
+            self.state.save(state)
+        except errors.StateDirError as exc:
+            if self._save_error != str(exc):
+                log.error("%s; the state file keeps its last good content, serving goes on",
+                          exc)
+            self._save_error = str(exc)
+        else:
+            if self._save_error is not None:
+                log.info("the state file is written again")
+            self._save_error = None
+        self._snapshot = self._status()
