@@ -288,15 +288,17 @@ def main() -> None:
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     prepulls = {"no": [False], "yes": [True], "both": [False, True]}[args.prepull]
-    results = [measure(args, name, prepull) for name in args.configs.split(",")
-               for prepull in prepulls]
+    results = []
+    for name in args.configs.split(","):
+        for prepull in prepulls:
+            results.append(measure(args, name, prepull))
+            if args.json:  # after each configuration: a later failure keeps the figures
+                Path(args.json).write_text(json.dumps({
+                    "args": vars(args), "machine": {"cpus": os.cpu_count(),
+                                                    "platform": platform.platform(),
+                                                    "loadavg": os.getloadavg()},
+                    "results": results}, indent=2) + "\n")
     print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "args": vars(args), "machine": {"cpus": os.cpu_count(),
-                                            "platform": platform.platform(),
-                                            "loadavg": os.getloadavg()},
-            "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
