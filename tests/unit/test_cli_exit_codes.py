@@ -114,6 +114,11 @@ TABLE: dict[tuple[str, str], tuple[list[str], int]] = {
                                   "--config-map", "Envoy_Config"], BAD_INPUT),
     ("inject", "--replace"): (["-f", "{manifest}", "--image", IMAGE, "--replace=yes"], USAGE),
 
+    ("pod-check", "--slot"): (["--slot", "e0"], USAGE),
+    ("pod-check", "--state-dir"): (["--slot", "e1", "--state-dir", "{missing}"], STATE_DIR),
+    ("pod-check", "--timeout"): (["--slot", "e1", "--timeout", "-1"], BAD_INPUT),
+    ("pod-check", "--termination-log"): (["--slot", "e1", "--termination-log"], USAGE),
+
     ("standby", "--slot"): (["--slot", "c"], USAGE),
     ("standby", "--state-dir"): (["--state-dir"], USAGE),  # accepted and ignored: only a
     ("standby", "--health-address"): (["--health-address", "nowhere"], BAD_INPUT),  # value

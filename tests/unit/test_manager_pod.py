@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshctl.errors import StateDirError
-from meshctl.manager.pod import GenState, PodLedger, other_slot
+from meshctl.manager.pod import GenState, PodLedger, is_ephemeral, is_slot, other_slot
 
 
 @pytest.fixture
@@ -94,3 +94,45 @@ def test_a_corrupt_ledger_is_an_error_and_is_left_alone(pod_dir: Path) -> None:
     with pytest.raises(StateDirError, match="cannot be read"):
         PodLedger(pod_dir, "a").read()
     assert (pod_dir / "pod.json").read_text() == "{not json"
+
+
+def hold_lock(pod_dir: Path, slot: str) -> int:
+    """A running supervisor of `slot`: its state dir and its lock, held."""
+    (pod_dir / f"slot-{slot}").mkdir(exist_ok=True)
+    fd = os.open(pod_dir / f"slot-{slot}" / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_ephemeral_slots_are_e_and_a_positive_number_and_nothing_else_is_a_slot() -> None:
+    assert all(is_slot(s) for s in ("a", "b", "e1", "e12", "e999999"))
+    assert not any(is_slot(s) for s in ("c", "e", "e0", "e01", "e1000000", "E1", "e1/..", ""))
+    assert [is_ephemeral(s) for s in ("a", "b", "e1")] == [False, False, True]
+
+
+def test_an_ephemeral_slot_finds_the_live_generation_of_a_regular_slot_and_vice_versa(
+        pod_dir: Path, slot_b_running: None) -> None:
+    PodLedger(pod_dir, "b").record(3, GenState.LIVE, pid=42)
+    assert PodLedger(pod_dir, "e1").other_live() == (3, {"slot": "b", "state": "live",
+                                                         "pid": 42})
+    fd = hold_lock(pod_dir, "e1")
+    try:
+        PodLedger(pod_dir, "e1").record(4, GenState.LIVE, pid=43)
+        assert PodLedger(pod_dir, "b").newer(3) == (4, {"slot": "e1", "state": "live",
+                                                        "pid": 43})
+        assert PodLedger(pod_dir, "a").other_live() == (4, {"slot": "e1", "state": "live",
+                                                            "pid": 43})
+    finally:
+        os.close(fd)
+
+
+def test_the_other_slots_alive_are_every_slot_whose_supervisor_holds_its_lock(
+        pod_dir: Path) -> None:
+    e1, e2 = hold_lock(pod_dir, "e1"), hold_lock(pod_dir, "e2")
+    (pod_dir / "slot-junk").mkdir()
+    os.close(e1)
+    try:
+        assert PodLedger(pod_dir, "a").others_alive() == ["e2"]
+        assert PodLedger(pod_dir, "e2").others_alive() == []
+    finally:
+        os.close(e2)

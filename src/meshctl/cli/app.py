@@ -25,7 +25,7 @@ from meshctl.cli import pod as pod_cli
 from meshctl.cli import rollout as rollout_cli
 from meshctl.cli.boundary import OneLineErrorsGroup, error_boundary
 from meshctl.cli.bounds import DAY_S, DRAIN_MAX, DRAIN_MIN, HOUR_S, STOP_GRACE, Bound, check_drain
-from meshctl.cli.pod import SlotName
+from meshctl.cli.pod import check_slot
 from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 from meshctl.envoy.argv import check_extra_args
@@ -89,10 +89,11 @@ OutputOpt = Annotated[
     output.Format, typer.Option("--output", "-o", help="text for people, json for scripts.")
 ]
 SlotOpt = Annotated[
-    SlotName | None,
-    typer.Option("--slot", envvar="MESHCTL_SLOT",
-                 help="Pod mode: this proxy slot (a or b); the state dir is then the pod's "
-                      "shared dir, and the slot's own state is in <state dir>/slot-<slot>."),
+    str | None,
+    typer.Option("--slot", envvar="MESHCTL_SLOT", callback=check_slot,
+                 help="Pod mode: this proxy slot (a or b, or e<N> in an ephemeral container); "
+                      "the state dir is then the pod's shared dir, and the slot's own state "
+                      "is in <state dir>/slot-<slot>."),
 ]
 DrainMinOpt = Annotated[
     float | None, typer.Option("--drain-min-s", help="Drain never ends before this (default 1, "
@@ -119,7 +120,7 @@ cli_errors = error_boundary(code_of=lambda exc: int(exc.exit_code), failed=int(E
 """One line and a documented exit code for every error; no traceback."""
 
 
-def _state_dir(value: Path | None, slot: SlotName | None = None) -> Path:
+def _state_dir(value: Path | None, slot: str | None = None) -> Path:
     root = (value or default_state_dir()).expanduser().absolute()
     return root / f"slot-{slot}" if slot else root
 
@@ -223,7 +224,7 @@ def run(
     _setup_logging(log_level)
     code = run_supervisor(
         config=config, envoy=envoy, state_dir=_state_dir(state_dir), base_id=base_id,
-        slot=str(slot) if slot else None,
+        slot=slot or None,
         concurrency=concurrency,
         drain=drain,
         ready_timeout_s=ready_timeout_s, extra_args=extra_args, environ=os.environ,

@@ -7,6 +7,7 @@ and the supervisor stay fast to start.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -19,16 +20,28 @@ import typer
 
 from meshctl import errors
 from meshctl.cli import output
+from meshctl.cli.bounds import DAY_S, Bound
 from meshctl.podswap import layout
 
 Command = Callable[..., Any]
 
 
 class SlotName(enum.StrEnum):
-    """A pod's proxy slot (`meshctl.podswap.layout.SLOTS`), as `--slot` takes it."""
+    """A pod's regular proxy slot (`meshctl.podswap.layout.SLOTS`), as `standby --slot`
+    takes it (an ephemeral slot never stands by)."""
 
     A = "a"
     B = "b"
+
+
+def check_slot(value: str | None) -> str | None:
+    """`--slot` of run, upgrade, status, stop: a, b, or an ephemeral slot e<N>; anything else
+    is a usage error (exit 2), as a bad choice is."""
+    from meshctl.manager.pod import SLOT_NAMES, is_slot  # noqa: PLC0415  (keeps --help fast)
+
+    if value is not None and not is_slot(value):
+        raise typer.BadParameter(f"must be {SLOT_NAMES}, not {value!r}")
+    return value
 
 
 def inject(
@@ -92,6 +105,36 @@ def standby(
     raise typer.Exit(int(code))
 
 
+def pod_check(
+    slot: Annotated[str, typer.Option(
+        "--slot", callback=check_slot, help="The slot whose generation must be LIVE (e<N>).")],
+    state_dir: Annotated[Path, typer.Option(
+        "--state-dir", readable=False, help="The pod dir the slots share (the emptyDir).")
+    ] = Path(layout.STATE_DIR),
+    timeout_s: Annotated[float, typer.Option(
+        "--timeout", help="Seconds to wait for a verdict; past it, exit 10."),
+        Bound(0.1, DAY_S)] = 120.0,
+    termination_log: Annotated[Path, typer.Option(
+        "--termination-log", readable=False,
+        help="Where the verdict line goes too, if the file exists (the kubelet's "
+             "terminationMessagePath).")] = Path("/dev/termination-log"),
+) -> None:
+    """Exit 0 once SLOT's generation is LIVE and every other slot's has exited; 8 when it
+    failed (the previous generation keeps serving); 10 at --timeout. One line says why.
+
+    Run by `meshctl upgrade --pod --handover ephemeral` in a short-lived ephemeral container:
+    the kubelet records its exit code, which the CLI reads from the pod's status."""
+    from meshctl.manager.podcheck import Verdict, wait_verdict  # noqa: PLC0415
+
+    judgement = wait_verdict(state_dir, str(slot), timeout_s)
+    line = f"{judgement.verdict.value}: {judgement.detail}"
+    if termination_log.is_file():  # only where the kubelet made it: never create it
+        with contextlib.suppress(OSError):
+            termination_log.write_text(line[:4096])
+    typer.echo(f"meshctl pod-check: {line}", err=judgement.verdict is not Verdict.DONE)
+    raise typer.Exit(int(judgement.exit_code))
+
+
 def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
                 context: str | None, kubeconfig: Path | None, dry_run: bool, timeout_s: float,
                 out: output.Format, envoy: str | None = None,
@@ -122,6 +165,7 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
 def register(app: typer.Typer, cli_errors: Callable[[Command], Command]) -> None:
     """Add the pod commands to the `meshctl` app, each inside the app's error boundary."""
     app.command(name="inject")(cli_errors(inject))
+    app.command(name="pod-check")(cli_errors(pod_check))
     app.command(name="standby", context_settings={
         "allow_extra_args": True, "ignore_unknown_options": True})(cli_errors(standby))
 

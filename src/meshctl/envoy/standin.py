@@ -143,6 +143,14 @@ class ParentStandIn:
             sock.sendto(reply, sender)
         self.requests_answered += 1
 
+    def at_path(self) -> bool:
+        """Whether the path is still this stand-in's (another process may have renamed its own
+        over it, to answer in its place)."""
+        try:
+            return self._inode is not None and self.path.stat().st_ino == self._inode
+        except FileNotFoundError:
+            return False
+
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():

@@ -1,19 +1,21 @@
-"""The two proxy slots of a pod, seen from one slot's supervisor: the pod ledger.
+"""The proxy slots of a pod, seen from one slot's supervisor: the pod ledger.
 
 In a pod, slots `a` and `b` are two containers, each with its own supervisor, sharing an
-emptyDir (the pod dir):
+emptyDir (the pod dir); an ephemeral handover (docs/pod-slots.md) adds slots `e1`, `e2`, ...,
+each an ephemeral container with its own supervisor on the same dir:
 
     <pod dir>/pod.json    the ledger: base id, and every generation: epoch, slot, state
     <pod dir>/pod.lock    flock held while the ledger is read and rewritten
     <pod dir>/hr/         Envoy's hot-restart sockets, shared by both slots' generations
     <pod dir>/slot-a/     slot a's supervisor state dir (its lock, state, control socket, logs)
-    <pod dir>/slot-b/     the same for slot b
+    <pod dir>/slot-b/     the same for slot b (and slot-e<N>/ for ephemeral slot e<N>)
 
-A slot whose supervisor starts while the other slot's generation is live hot-restarts from
-it (the next epoch); the other supervisor sees a newer generation live in the ledger, drains
-its own and goes idle (it does not exit: the kubelet would restart it). Whether the other
-slot's supervisor is still there is not guessed from timestamps: each holds its state dir's
-flock for its whole life, and flock works across the containers of a pod.
+A slot whose supervisor starts while another slot's generation is live hot-restarts from
+it (the next epoch); that slot's supervisor sees a newer generation live in the ledger,
+drains its own and goes idle (a regular slot does not exit: the kubelet would restart it; an
+ephemeral one does: it is never restarted). Whether another slot's supervisor is still there
+is not guessed from timestamps: each holds its state dir's flock for its whole life, and
+flock works across the containers of a pod.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import enum
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypedDict
@@ -30,6 +33,12 @@ from typing import TypedDict
 from meshctl.errors import StateDirError
 
 SLOTS = ("a", "b")
+"""The regular slots: containers of the pod spec, restarted by the kubelet when they exit."""
+_EPHEMERAL = re.compile(r"e[1-9][0-9]{0,5}")
+"""Ephemeral slots `e1`, `e2`, ...: ephemeral containers, started once, never restarted. The
+bound keeps `slot-<name>` short: the hot-restart and control socket paths are limited to
+108 bytes."""
+SLOT_NAMES = "a, b or e<N> (N = 1-999999)"
 _KEEP = 12  # generations kept in the ledger
 
 
@@ -60,14 +69,26 @@ class LedgerData(TypedDict):
     """By epoch (JSON keys are strings)."""
 
 
+def is_slot(slot: str) -> bool:
+    return slot in SLOTS or _EPHEMERAL.fullmatch(slot) is not None
+
+
+def is_ephemeral(slot: str) -> bool:
+    """An ephemeral slot's supervisor exits once idle: nothing restarts its container, and
+    its exit frees its memory (the pod's cgroup holds it, docs/pod-slots.md)."""
+    return _EPHEMERAL.fullmatch(slot) is not None
+
+
 def other_slot(slot: str) -> str:
+    """The regular slot paired with `slot` (a <-> b): where a two-slot swap starts the next
+    generation. Other slots (ephemeral ones) may run beside both: `PodLedger.others_alive`."""
     return SLOTS[1 - SLOTS.index(slot)]
 
 
 class PodLedger:
     def __init__(self, pod_dir: Path, slot: str) -> None:
-        if slot not in SLOTS:
-            raise ValueError(f"slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+        if not is_slot(slot):
+            raise ValueError(f"slot must be one of {SLOT_NAMES}, not {slot!r}")
         self.pod_dir = pod_dir
         self.slot = slot
         self.path = pod_dir / "pod.json"
@@ -139,6 +160,12 @@ class PodLedger:
             os.close(fd)
         return False
 
+    def others_alive(self) -> list[str]:
+        """The other slots whose supervisor runs (any slot that ever had a state dir here)."""
+        found = [p.name.removeprefix("slot-") for p in self.pod_dir.glob("slot-*")]
+        return sorted(s for s in found
+                      if s != self.slot and is_slot(s) and self.slot_alive(s))
+
     # ---- what a supervisor records and asks
 
     def record(self, epoch: int, state: GenState, *, pid: int | None = None,
@@ -157,7 +184,7 @@ class PodLedger:
                 entry["exit"] = exit
 
     def other_live(self) -> tuple[int, LedgerEntry] | None:
-        """The other slot's live generation, if its supervisor is running."""
+        """Another slot's live generation (the newest), if its supervisor is running."""
         data = self.read()
         for key in sorted(data["generations"], key=int, reverse=True):
             entry = data["generations"][key]
@@ -168,7 +195,7 @@ class PodLedger:
         return None
 
     def newer(self, epoch: int) -> tuple[int, LedgerEntry] | None:
-        """The newest generation after `epoch` started by the other slot, if any."""
+        """The newest generation after `epoch` started by another slot, if any."""
         data = self.read()
         found = [(int(k), v) for k, v in data["generations"].items()
                  if int(k) > epoch and v.get("slot") != self.slot]

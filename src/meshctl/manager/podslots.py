@@ -1,10 +1,10 @@
-"""The pod-slot steps: a slot's supervisor starting from the other slot's Envoy, and handing
-its own over (HANDING_OVER, then IDLE).
+"""The pod-slot steps: a slot's supervisor starting from another slot's Envoy, and handing
+its own over (HANDING_OVER, then IDLE; an ephemeral slot then exits).
 
-Two proxy slots share a pod (`meshctl.manager.pod`): the standby slot's supervisor starts the
-next generation, which hot-restarts from the live slot's; the live slot sees it in the pod
-ledger (`handover.read_news`, a pure decision) and drains. Mixed into `Supervisor` like the
-upgrade steps it builds on (`meshctl.manager.upgrading`).
+Proxy slots share a pod (`meshctl.manager.pod`): the standby slot's supervisor (or an
+ephemeral slot's) starts the next generation, which hot-restarts from the live slot's; the
+live slot sees it in the pod ledger (`handover.read_news`, a pure decision) and drains.
+Mixed into `Supervisor` like the upgrade steps it builds on (`meshctl.manager.upgrading`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,22 @@ from meshctl.drain.window import DrainWindow
 from meshctl.manager import handover, repair
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.phase import Phase, transition
-from meshctl.manager.pod import GenState
+from meshctl.manager.pod import GenState, is_ephemeral
 from meshctl.manager.upgrading import UpgradeSteps
 
 log = logging.getLogger("meshctl.manager.supervisor")
 
+_HANDOFF_MAX_S = 5.0
+"""How long an idle ephemeral slot waits for the new slot to answer on its ended generation's
+hot-restart socket before it exits anyway (half of Envoy's ten one-second retries)."""
+
 
 class PodSlotSteps(UpgradeSteps):
     _handled_failures: set[int]
+    _idle_since: float = 0.0
+
+    def _begin_stop(self, graceful: bool) -> None:
+        raise NotImplementedError  # the supervisor's
 
     def _start_in_pod(self, binary: Path, config: Path) -> None:
         """The other slot's generation is live: hot-restart from it (the image swap). Nothing
@@ -104,7 +112,31 @@ class PodSlotSteps(UpgradeSteps):
             upgrade.drain_end = upgrade.drain_end or "exited"
             upgrade.event(now, "old_exited")
             self.live = None
-            log.info("handed over: idle until this container is switched to standby")
             self._finish_upgrade("succeeded", then=Phase.IDLE)
+            self._idle_since = now
+            log.info("handed over: %s", "an ephemeral slot's supervisor exits once the new "
+                     "slot answers on the ended generation's socket" if self._ephemeral else
+                     "idle until this container is switched to standby")
             return
         self._drain_old(upgrade, old, now)
+
+    @property
+    def _ephemeral(self) -> bool:
+        return self.settings.slot is not None and is_ephemeral(self.settings.slot)
+
+    def _step_idle(self) -> None:
+        """A regular slot stays idle (an exit would make the kubelet restart its container).
+        An ephemeral slot's supervisor exits: nothing restarts it, and idle it only holds
+        memory in the pod's cgroup. Not before the new slot's stand-in has replaced ours on
+        the ended generation's socket (it does within a ledger read, 0.25 s), or
+        _HANDOFF_MAX_S: until one answers there, the live Envoy's Terminate is refused and
+        retried (Trap 2: ten tries a second apart, then it aborts)."""
+        self.gens.tick_stoppers()
+        if not self._ephemeral:
+            return
+        ours = any(s.at_path() for s in self.gens.stand_ins.values())
+        if ours and self.clock.monotonic() - self._idle_since < _HANDOFF_MAX_S:
+            return
+        log.info("ephemeral slot %s: idle, exiting%s", self.settings.slot,
+                 " (our stand-in was not replaced in time)" if ours else "")
+        self._begin_stop(graceful=True)

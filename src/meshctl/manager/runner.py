@@ -12,7 +12,7 @@ from meshctl.drain.policy import DrainPolicy
 from meshctl.envoy.argv import check_extra_args
 from meshctl.envoy.binary import check_config_file, resolve_binary
 from meshctl.exitcodes import ExitCode
-from meshctl.manager.pod import SLOTS
+from meshctl.manager.pod import SLOT_NAMES, is_slot
 from meshctl.manager.process import keeper_binary
 from meshctl.manager.restarts import RestartPolicy
 from meshctl.manager.settings import InitPriority, SupervisorSettings, default_base_id
@@ -68,8 +68,8 @@ def run_supervisor(*, config: Path | None, envoy: str | None, state_dir: Path,
                               "dumb-init package or run with --no-keeper")
     pod_dir: Path | None = None
     if slot is not None:
-        if slot not in SLOTS:
-            raise errors.BadInput(f"--slot must be one of {', '.join(SLOTS)}, not {slot!r}")
+        if not is_slot(slot):
+            raise errors.BadInput(f"--slot must be one of {SLOT_NAMES}, not {slot!r}")
         # The state dir given is the pod's shared dir; this slot's own state lives inside.
         pod_dir, state_dir = state_dir, state_dir / f"slot-{slot}"
     # Everything that can be refused is, before anything is created.

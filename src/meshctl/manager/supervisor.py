@@ -26,8 +26,9 @@ Envoy dying on its own (RUNNING, DRAINING): RESTARTING with backoff, then STARTI
 generation, which hot-restarts from a stand-in that hands it the listening sockets the
 supervisor held (`holding.py`): connections wait in their backlog instead of being refused.
 Too many crashes in a window: FAILED, and the held sockets are closed.
-In a pod (`--slot`, see `meshctl.manager.pod`), the new generation is started by the other
-slot's supervisor: RUNNING -> HANDING_OVER (ours drains) -> IDLE.
+In a pod (`--slot`, see `meshctl.manager.pod`), the new generation is started by another
+slot's supervisor: RUNNING -> HANDING_OVER (ours drains) -> IDLE (an ephemeral slot then
+stops: -> STOPPING -> STOPPED, exit 0).
 
 Where each part lives: this module has the loop, the phase dispatch and the steps of start,
 steady state, crash restart and stop; the upgrade's steps are `upgrading.py` and the pod
@@ -63,7 +64,7 @@ from meshctl.manager.holding import ListenerHolding, lock_path
 from meshctl.manager.initwatch import InitWatch
 from meshctl.manager.metrics import Metrics
 from meshctl.manager.phase import Phase, transition
-from meshctl.manager.pod import PodLedger, other_slot
+from meshctl.manager.pod import PodLedger
 from meshctl.manager.podslots import PodSlotSteps
 from meshctl.manager.process import become_subreaper
 from meshctl.manager.restarts import CrashLoop
@@ -274,10 +275,9 @@ class Supervisor(PodSlotSteps):
         # A run refused before it could read its state file (corrupt: exit 7) does not know
         # whose these files are: they may be a live Envoy's, which a later run adopts.
         if self._state_loaded and not self.gens.any_alive():
-            # In a pod the hot-restart files are shared: the other slot's generation may be
-            # live on them.
-            if self.ledger is None or self.settings.slot is None or not self.ledger.slot_alive(
-                    other_slot(self.settings.slot)):
+            # In a pod the hot-restart files are shared: another slot's generation (a, b or
+            # an ephemeral e<N>) may be live on them.
+            if self.ledger is None or not self.ledger.others_alive():
                 self.files.remove_all()
                 with contextlib.suppress(FileNotFoundError):
                     lock_path(self.files).unlink()
@@ -488,7 +488,7 @@ class Supervisor(PodSlotSteps):
             case Phase.HANDING_OVER:
                 self._step_handing_over()
             case Phase.IDLE:
-                self.gens.tick_stoppers()
+                self._step_idle()
             case Phase.STOPPING:
                 self._step_stopping()
             case Phase.FAILED:
