@@ -10,7 +10,9 @@ it:
   - faults: chosen requests answered with an error status before anything is changed (a
     kmock reaction would answer, but the emulator would have applied the write already);
   - a change by "someone else" applied just before the next JSON patch of a pod, as if their
-    write had landed between meshctl's read and meshctl's patch.
+    write had landed between meshctl's read and meshctl's patch;
+  - the `ephemeralcontainers` subresource of a pod, validated as the real API server does
+    (only adds, unique names, no ports, probes or resources).
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class PodEmulator(kmock.KubernetesEmulator):
             if key not in self.objects or self.objects[key].deleted:
                 raise kmock.KubernetesObjectNotFoundError()
             obj = self.objects[key]
+            if request.subresource == "ephemeralcontainers":
+                _check_ephemeral(obj.raw, request.data)
             if isinstance(request.data, list) and request.name in self.interleaved:
                 await self._write(request, obj, self.interleaved.pop(request.name))
             try:
@@ -132,6 +136,48 @@ class PodEmulator(kmock.KubernetesEmulator):
             stamp["generation"] = int((before.get("metadata") or {}).get("generation") or 1) + 1
         obj.patch({"metadata": stamp})
         await self._buses[request.resource].put({"type": "MODIFIED", "object": obj.raw})
+
+
+_EPHEMERAL_FORBIDDEN = ("ports", "livenessProbe", "readinessProbe", "startupProbe",
+                        "resources", "lifecycle", "restartPolicy")
+"""Fields the API server refuses in an ephemeral container (`validateEphemeralContainers`)."""
+
+
+def _check_ephemeral(pod: dict[str, Any], change: Any) -> None:
+    """The `ephemeralcontainers` subresource, as the real API server validates it: the patch
+    may only add ephemeral containers (none changed or removed, nothing else of the pod), each
+    with a unique name and none of the fields an ephemeral container may not have."""
+    def invalid(message: str) -> kmock.KubernetesError:
+        return kmock.KubernetesError(status=422, reason="Invalid", message=message,
+                                     details={"ephemeral": True})
+
+    if not isinstance(change, list):
+        return  # a merge patch (kubectl debug's kind) is merged unchecked
+    try:
+        after = jsonpatch.apply_patch(pod, change)
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+        raise invalid(f"the server rejected our request due to an error in our request: "
+                      f"{exc}") from exc
+    before_spec = dict(pod.get("spec") or {})
+    after_spec = dict(after.get("spec") or {})
+    old = before_spec.pop("ephemeralContainers", None) or []
+    new = after_spec.pop("ephemeralContainers", None) or []
+    if before_spec != after_spec or {k: v for k, v in pod.items() if k != "spec"} != \
+            {k: v for k, v in after.items() if k != "spec"}:
+        raise invalid("Pod is invalid: only spec.ephemeralContainers may be changed")
+    if new[:len(old)] != old:
+        raise invalid("Pod is invalid: spec.ephemeralContainers: Forbidden: existing ephemeral "
+                      "containers may not be changed")
+    names = [c.get("name") for c in [*(before_spec.get("containers") or []),
+                                     *(before_spec.get("initContainers") or []), *new]]
+    for container in new[len(old):]:
+        if names.count(container.get("name")) > 1:
+            raise invalid(f"Pod is invalid: spec.ephemeralContainers: Duplicate value: "
+                          f"{container.get('name')!r}")
+        bad = [k for k in _EPHEMERAL_FORBIDDEN if k in container]
+        if bad:
+            raise invalid(f"Pod is invalid: spec.ephemeralContainers[{container.get('name')}]."
+                          f"{bad[0]}: Forbidden: cannot be set for an Ephemeral Container")
 
 
 _REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
@@ -223,7 +269,7 @@ class ApiServer:
         self._stop = asyncio.Event()
         async with self.emulator_class() as emulator, kmock.Server(emulator) as server:
             emulator.resources["v1/pods"] = kmock.ResourceInfo(
-                kind="Pod", namespaced=True, subresources={"status"})
+                kind="Pod", namespaced=True, subresources={"status", "ephemeralcontainers"})
             emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True)
             # What meshctl's disruption-budget checks list (kmock would guess it from the path;
             # declared, so the kind and scope are the real API server's).

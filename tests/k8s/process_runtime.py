@@ -5,7 +5,9 @@ its health port.
 
 The pod's paths and ports are mapped to this machine: the emptyDir to a temp dir shared by the
 pod's containers, /etc/meshctl/envoy.yaml to the test's Envoy config, and each slot's health
-port to a free loopback port. Every process gets its own session and is stopped by pid.
+port to a free loopback port. A container with a `command` of `meshctl ...` (the ephemeral
+handover's check) runs that meshctl command instead of its image's ENTRYPOINT. Every process
+gets its own session and is stopped by pid.
 """
 
 from __future__ import annotations
@@ -28,6 +30,19 @@ IDLE = [sys.executable, "-c",
         "import signal, sys, time\n"
         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
         "time.sleep(3600)\n"]
+
+
+MESHCTL = [sys.executable, "-m", "meshctl"]
+
+
+def _command(pod: Mapping[str, Any], container_name: str) -> list[str]:
+    """The container's `command` (overriding its image's ENTRYPOINT), if it has one."""
+    spec = pod.get("spec") or {}
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for container in spec.get(key) or []:
+            if container.get("name") == container_name:
+                return [str(c) for c in container.get("command") or []]
+    return []
 
 
 @dataclass
@@ -62,8 +77,13 @@ class ProcessRuntime:
         container_id = f"proc-{next(self._ids):08d}"
         log = self.root / f"{name}-{container_name}-{container_id}.log"
         entry = self.images.get(image)
+        command = _command(pod, container_name)
         port: int | None = None
-        if entry is None:
+        if entry is not None and command:
+            # An image of ours run with its own command (the handover check, `meshctl
+            # pod-check`): meshctl as this test runs it, the pod's paths mapped.
+            argv = [*MESHCTL, *command[1:], *self._local(list(args), name, 0, run=False)]
+        elif entry is None:
             argv = IDLE
         else:
             port = self.health_port(name, container_name)
@@ -75,7 +95,7 @@ class ProcessRuntime:
         self.procs[container_id] = _Proc(popen, port, log, time.monotonic())
         return container_id
 
-    def _local(self, args: list[str], pod: str, port: int) -> list[str]:
+    def _local(self, args: list[str], pod: str, port: int, *, run: bool = True) -> list[str]:
         mapped = []
         values = iter(args)
         for arg in values:
@@ -90,7 +110,7 @@ class ProcessRuntime:
                 next(values)
             else:
                 mapped.append(arg)
-        return [*mapped, "--drain-min-s", "0.5"] if "--slot" in mapped else mapped
+        return [*mapped, "--drain-min-s", "0.5"] if run and "--slot" in mapped else mapped
 
     def started_at(self, container_id: str) -> float | None:
         proc = self.procs.get(container_id)

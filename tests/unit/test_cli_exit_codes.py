@@ -88,6 +88,7 @@ TABLE: dict[tuple[str, str], tuple[list[str], int]] = {
     ("upgrade", "--context"): (["--context", "prod"], BAD_INPUT),  # no --pod
     ("upgrade", "--kubeconfig"): (["--kubeconfig", "{missing}"], BAD_INPUT),  # no --pod
     ("upgrade", "--dry-run"): (["--dry-run"], BAD_INPUT),  # no --pod
+    ("upgrade", "--handover"): (["--handover", "sideways"], USAGE),
 
     ("status", "--state-dir"): (["--state-dir", "{file}"], STATE_DIR),
     ("status", "--slot"): (["--slot", "c"], USAGE),

@@ -25,7 +25,7 @@ from meshctl.cli import pod as pod_cli
 from meshctl.cli import rollout as rollout_cli
 from meshctl.cli.boundary import OneLineErrorsGroup, error_boundary
 from meshctl.cli.bounds import DAY_S, DRAIN_MAX, DRAIN_MIN, HOUR_S, STOP_GRACE, Bound, check_drain
-from meshctl.cli.pod import check_slot
+from meshctl.cli.pod import HANDOVER_HELP, Handover, check_slot
 from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 from meshctl.envoy.argv import check_extra_args
@@ -291,6 +291,8 @@ def upgrade(
                              "or the in-cluster service account).")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Pod mode: print the plan and the patches; change nothing.")] = False,
+    handover: Annotated[Handover | None, typer.Option(
+        "--handover", help=HANDOVER_HELP)] = None,
 ) -> None:
     """Hot-upgrade the running Envoy to a new binary and/or config (a new generation).
 
@@ -298,10 +300,12 @@ def upgrade(
     if pod is not None or image is not None:
         pod_cli.upgrade_pod(pod=pod, namespace=namespace, image=image, context=context,
                             kubeconfig=kubeconfig, dry_run=dry_run, timeout_s=timeout_s,
-                            out=out, envoy=envoy, config=config, force=force)
+                            out=out, envoy=envoy, config=config, force=force,
+                            handover=handover or Handover.TWO_SLOT)
         return
     pod_only = [flag for flag, value in (("--namespace", namespace), ("--context", context),
-                                         ("--kubeconfig", kubeconfig), ("--dry-run", dry_run))
+                                         ("--kubeconfig", kubeconfig), ("--dry-run", dry_run),
+                                         ("--handover", handover))
                 if value]
     if pod_only:
         raise errors.BadInput(f"{', '.join(pod_only)}: only with --pod NAME --image REF")

@@ -34,6 +34,21 @@ class SlotName(enum.StrEnum):
     B = "b"
 
 
+class Handover(enum.StrEnum):
+    """How `upgrade --pod` (and `rollout`) start the new image in a pod."""
+
+    TWO_SLOT = "two-slot"
+    """The standby slot's image is set; two containers restart (the pod may go NotReady)."""
+    EPHEMERAL = "ephemeral"
+    """A new ephemeral container; nothing restarts, the pod stays Ready (docs/pod-slots.md)."""
+
+
+HANDOVER_HELP = ("Pod mode: two-slot (default: the standby slot restarts on the new image, "
+                 "then the old slot on the standby image) or ephemeral (the new image starts in "
+                 "a new ephemeral container: no restart, the pod stays Ready; the pod spec "
+                 "keeps two ephemeral containers per upgrade until it is recreated).")
+
+
 def check_slot(value: str | None) -> str | None:
     """`--slot` of run, upgrade, status, stop: a, b, or an ephemeral slot e<N>; anything else
     is a usage error (exit 2), as a bad choice is."""
@@ -138,7 +153,8 @@ def pod_check(
 def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
                 context: str | None, kubeconfig: Path | None, dry_run: bool, timeout_s: float,
                 out: output.Format, envoy: str | None = None,
-                config: Path | None = None, force: bool = False) -> None:
+                config: Path | None = None, force: bool = False,
+                handover: Handover = Handover.TWO_SLOT) -> None:
     """`meshctl upgrade --pod NAME --image REF`: swap the proxy image inside a running pod,
     once its disruption budgets allow it (a dry run does not wait for them)."""
     if pod is None or image is None:
@@ -152,6 +168,20 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
     from meshctl.podswap import reference, swap  # noqa: PLC0415
 
     reference.parse(image)
+    if handover is Handover.EPHEMERAL:
+        if force:
+            raise errors.BadInput("--force does not apply with --handover ephemeral: it "
+                                  "consults no disruption budget (the pod stays Ready)")
+        from meshctl.podswap import ephemeral_swap  # noqa: PLC0415
+
+        with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"),
+                          context=context) as api:
+            result = ephemeral_swap.upgrade_pod_ephemeral(
+                api, namespace or api.default_namespace, pod, image,
+                settings=swap.SwapSettings(timeout_s=timeout_s), dry_run=dry_run,
+                report=lambda line: output.note(line, out))
+        _print_result(result.to_dict(), out)
+        raise typer.Exit(int(result.exit_code))
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"), context=context) as api:
         result = swap.upgrade_pod(
             api, namespace or api.default_namespace, pod, image,
@@ -179,9 +209,14 @@ def _print_result(record: dict[str, Any], out: output.Format) -> None:
     where = f"pod {record['namespace']}/{record['pod']}"
     end = SwapEnd(record["result"])
     if end is SwapEnd.DRY_RUN:
-        output.echo(f"{where}: dry run: would upgrade slot {record['new_slot']} to "
-                   f"{record['to_image']}, then return slot {record['old_slot']} "
-                   f"({record['from_image']}) to standby")
+        if str(record["new_slot"]).startswith("e"):
+            output.echo(f"{where}: dry run: would start {record['to_image']} in ephemeral "
+                        f"slot {record['new_slot']}, handed over from slot "
+                        f"{record['old_slot']} ({record['from_image']})")
+        else:
+            output.echo(f"{where}: dry run: would upgrade slot {record['new_slot']} to "
+                        f"{record['to_image']}, then return slot {record['old_slot']} "
+                        f"({record['from_image']}) to standby")
         output.echo(json.dumps({"plan": record.get("plan"), "patches": record.get("patches")},
                               indent=2, sort_keys=True))
         return

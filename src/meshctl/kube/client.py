@@ -1,4 +1,5 @@
-"""`Kube`, the client for what meshctl asks of Kubernetes: a pod's get, JSON patch and wait;
+"""`Kube`, the client for what meshctl asks of Kubernetes: a pod's get, JSON patch and wait
+(and its `ephemeralcontainers` subresource);
 Events; the fleet's paged list and watch; the namespace's PodDisruptionBudgets.
 
 Every call counts as API requests (each attempt and each watch connection), is retried with
@@ -103,6 +104,16 @@ class Kube:
         call = ApiCall("patch", "pods", namespace, name)
         body = [dict(op) for op in patch]
         return self._json(call, lambda: self._core.patch_namespaced_pod(
+            name, namespace, body, field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
+            _preload_content=False, _request_timeout=self._timeouts()))
+
+    def add_ephemeral_container(self, namespace: str, name: str,
+                                patch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """A JSON patch of the pod through its `ephemeralcontainers` subresource (the only way
+        to add one; RBAC `pods/ephemeralcontainers` patch); a failed `test` raises Conflict."""
+        call = ApiCall("patch", "pods/ephemeralcontainers", namespace, name)
+        body = [dict(op) for op in patch]
+        return self._json(call, lambda: self._core.patch_namespaced_pod_ephemeralcontainers(
             name, namespace, body, field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
             _preload_content=False, _request_timeout=self._timeouts()))
 

@@ -19,7 +19,8 @@ _ACCEPT_JSON = {"Accept": "application/json"}
 
 
 class CoreV1:
-    """The core/v1 calls meshctl makes (a pod: read, patch, list, watch; an Event: create),
+    """The core/v1 calls meshctl makes (a pod: read, patch, list, watch, add an ephemeral
+    container; an Event: create),
     with the official client's `ApiClient` doing the work: authentication (the kubeconfig's
     credential refresh included), TLS, the connection pool and `ApiException` for non-2xx.
 
@@ -40,6 +41,13 @@ class CoreV1:
                              _content_type: str = JSON_PATCH, **options: Any) -> Any:
         return self._request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", options,
                              body=body, content_type=_content_type)
+
+    def patch_namespaced_pod_ephemeralcontainers(self, name: str, namespace: str, body: Any, *,
+                                                 _content_type: str = JSON_PATCH,
+                                                 **options: Any) -> Any:
+        return self._request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/ephemeralcontainers", options,
+            body=body, content_type=_content_type)
 
     def create_namespaced_event(self, namespace: str, body: Any, **options: Any) -> Any:
         return self._request("POST", f"/api/v1/namespaces/{namespace}/events", options,

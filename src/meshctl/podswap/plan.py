@@ -212,6 +212,11 @@ def live_and_standby(view: PodView) -> tuple[SlotView, SlotView]:
     standby_image = view.annotations.get(layout.STANDBY_IMAGE) or layout.DEFAULT_STANDBY_IMAGE
     active = view.annotations.get(layout.ACTIVE_SLOT)
     a, b = view.slots["a"], view.slots["b"]
+    if active is not None and active.startswith("e") and active[1:].isdigit():
+        raise errors.PreflightFailed(
+            f"{view.label}: the proxy runs in ephemeral slot {active} (annotation "
+            f"{layout.ACTIVE_SLOT}); upgrade it with --handover ephemeral, or recreate the pod "
+            f"to use the two slots again")
     if active is not None and active not in layout.SLOTS:
         raise errors.PreflightFailed(
             f"{view.label}: annotation {layout.ACTIVE_SLOT} is {active!r}, not a or b")

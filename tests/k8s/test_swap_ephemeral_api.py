@@ -1,0 +1,120 @@
+"""`meshctl upgrade --pod --handover ephemeral` over real HTTP against kmock, with the fake
+kubelet and its fake runtime: what the CLI sends and refuses, and the simulator's
+`ephemeralcontainers` subresource (validated as the real API server does). The handover itself,
+with real supervisors and Envoy: tests/k8s/test_swap_ephemeral.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubesim.apiserver import ApiServer, Fault
+
+from meshctl.exitcodes import ExitCode
+from meshctl.kube import CoreV1
+from tests.k8s.conftest import (
+    NAMESPACE,
+    POD,
+    PROXY_NEW,
+    Invoke,
+    events,
+    from_meshctl,
+    read_pod,
+)
+from tests.k8s.test_swap import one_error_line
+
+
+def upgrade(meshctl: Invoke, *args: str) -> Any:
+    return meshctl("upgrade", "--pod", POD, "--image", PROXY_NEW, "--handover", "ephemeral",
+                   "--timeout", "10", *args)
+
+
+def add(core: k8s.CoreV1Api, patch: list[dict[str, Any]]) -> None:
+    """A JSON patch through the subresource, as the test's own client (not meshctl's `Kube`)."""
+    CoreV1(core.api_client).patch_namespaced_pod_ephemeralcontainers(POD, NAMESPACE, patch)
+
+
+def test_a_dry_run_prints_both_ephemeral_containers_and_changes_nothing(
+        meshctl: Invoke, api: ApiServer, core: k8s.CoreV1Api,
+        running_pod: dict[str, Any]) -> None:
+    result = upgrade(meshctl, "--dry-run", "-o", "json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    record = json.loads(result.stdout)
+    assert (record["result"], record["old_slot"], record["new_slot"]) == ("dry_run", "a", "e1")
+    start = record["patches"]["start"]
+    assert start[0]["path"] == "/spec/ephemeralContainers"
+    assert start[0]["value"][0]["name"] == "meshctl-e1"
+    assert record["patches"]["check"]["command"] == ["meshctl", "pod-check"]
+    assert [r.method for r in from_meshctl(api)] == ["GET"]
+    assert "ephemeralContainers" not in read_pod(core)["spec"]
+
+
+def test_a_forbidden_subresource_names_the_missing_permission_and_changes_nothing(
+        meshctl: Invoke, api: ApiServer, core: k8s.CoreV1Api,
+        running_pod: dict[str, Any]) -> None:
+    api.add_fault(Fault("PATCH", "pods", 403, name=POD, times=-1))
+    result = upgrade(meshctl)
+
+    assert result.exit_code == ExitCode.PREFLIGHT
+    assert one_error_line(result) == (
+        f"meshctl: error: forbidden: cannot patch pods/ephemeralcontainers in namespace "
+        f"{NAMESPACE} (needs RBAC verb patch on pods/ephemeralcontainers)")
+    pod = read_pod(core)
+    assert "ephemeralContainers" not in pod["spec"]
+    assert "meshctl.io/last-upgrade" not in pod["metadata"]["annotations"]
+    assert [e["reason"] for e in events(core)] == ["MeshctlUpgradeStarted",
+                                                   "MeshctlUpgradeFailed"]
+
+
+def test_a_two_slot_upgrade_of_a_pod_served_by_an_ephemeral_slot_is_refused_in_one_line(
+        meshctl: Invoke, core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
+    core.patch_namespaced_pod(POD, NAMESPACE, {"metadata": {"annotations": {
+        "meshctl.io/active-slot": "e3"}}})
+    result = meshctl("upgrade", "--pod", POD, "--image", PROXY_NEW, "--timeout", "10")
+
+    assert result.exit_code == ExitCode.PREFLIGHT
+    assert "runs in ephemeral slot e3" in one_error_line(result)
+
+
+@pytest.mark.parametrize("field", ["ports", "readinessProbe", "resources"])
+def test_the_api_server_refuses_an_ephemeral_container_with_what_none_may_have(
+        core: k8s.CoreV1Api, running_pod: dict[str, Any], field: str) -> None:
+    container = {"name": "dbg", "image": "busybox", field: {} if field != "ports" else []}
+    with pytest.raises(k8s.ApiException) as refused:
+        add(core, [{"op": "add", "path": "/spec/ephemeralContainers", "value": [container]}])
+    assert refused.value.status == 422
+    assert f"{field}: Forbidden" in str(refused.value.body)
+
+
+def test_the_api_server_refuses_changes_beyond_adding_ephemeral_containers(
+        core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
+    add(core, [{"op": "add", "path": "/spec/ephemeralContainers",
+                "value": [{"name": "dbg", "image": "busybox"}]}])
+    for patch in (
+            [{"op": "replace", "path": "/spec/containers/0/image", "value": "evil"}],
+            [{"op": "replace", "path": "/spec/ephemeralContainers/0/image", "value": "evil"}],
+            [{"op": "add", "path": "/spec/ephemeralContainers/-",
+              "value": {"name": "dbg", "image": "busybox"}}]):
+        with pytest.raises(k8s.ApiException) as refused:
+            add(core, patch)
+        assert refused.value.status == 422, patch
+    assert [c["name"] for c in read_pod(core)["spec"]["ephemeralContainers"]] == ["dbg"]
+
+
+def test_the_kubelet_runs_an_added_ephemeral_container_and_never_counts_it(
+        core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
+    before = next(c for c in running_pod["status"]["conditions"] if c["type"] == "Ready")
+    add(core, [{"op": "add", "path": "/spec/ephemeralContainers",
+                "value": [{"name": "dbg", "image": "busybox"}]}])
+    for _ in range(100):
+        pod = read_pod(core)
+        status = pod["status"].get("ephemeralContainerStatuses") or []
+        if status and "running" in status[0]["state"]:
+            break
+        time.sleep(0.05)
+    assert status[0]["ready"] is False
+    assert next(c for c in pod["status"]["conditions"] if c["type"] == "Ready") == before
