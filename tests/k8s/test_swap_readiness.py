@@ -53,3 +53,11 @@ def test_a_swap_that_changes_nothing_reports_no_window(
     result = meshctl("upgrade", "--pod", POD, "--image", PROXY_NEW, "--dry-run", "-o", "json")
     assert result.exit_code == ExitCode.OK, result.output
     assert "not_ready" not in json.loads(result.stdout)
+
+
+def test_the_text_output_says_how_long_the_pod_was_not_ready(
+    meshctl: Invoke, running_pod: dict[str, Any]
+) -> None:
+    result = meshctl("upgrade", "--pod", POD, "--image", PROXY_NEW, "--timeout", "10")
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "pod NotReady " in result.stdout and " in 2 flip(s)" in result.stdout

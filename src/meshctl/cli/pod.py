@@ -224,6 +224,10 @@ def _print_result(record: dict[str, Any], out: output.Format) -> None:
     if record.get("new_slot") and end is not SwapEnd.UNCHANGED:
         line += f" (slot {record['old_slot']} -> slot {record['new_slot']})"
     output.echo(line + f"; {record['api_requests']} API requests")
+    window = record.get("not_ready")
+    if window:
+        output.echo(f"  pod NotReady {window['not_ready_s']:.2f}s in {window['ready_flips']} "
+                    f"flip(s) (its Ready condition, as the API server holds it)")
     if record.get("error"):
         output.echo(f"  reason: {record['error']}")
 
