@@ -6,7 +6,9 @@ would restart it), slot a stays (the kubelet would restart it) and stays ready."
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -84,3 +86,34 @@ def test_two_ephemeral_slots_in_a_row_hand_over_hold_the_sockets_and_the_idle_on
     e2.signal(signal.SIGTERM)
     a.signal(signal.SIGTERM)
     assert a.wait_exit(30) == 0 and e2.wait_exit(60) == 0
+
+
+def test_when_the_ephemeral_slot_dies_with_its_container_the_idle_slot_a_serves_again(
+        slots: dict[str, Meshctl], ports: Ports, workdir: Path, envoy_old: Path,
+        envoy_new: Path) -> None:
+    a, e1 = slots["a"], slots["e1"]
+    config = envoy_config(workdir / "v1.yaml", ports)
+    a.start("--drain-min-s", "0.5", config=config, envoy=envoy_old)
+    e1.start("--drain-min-s", "0.5", config=config, envoy=envoy_new)
+    a.wait_for(lambda s: s["phase"] == "idle", 30, "slot a to hand over")
+    live = e1.wait_for(lambda s: s["held_sockets"]["sockets"] == 2, 10, "e1's hold")["live"]
+
+    with Traffic(ports.http) as traffic:
+        # The container's end: its PID 1 (the supervisor) and every process in it, at once;
+        # nothing restarts an ephemeral container.
+        assert e1.proc is not None
+        for pid in (e1.proc.pid, live["keeper_pid"], live["pid"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        e1.wait_exit(10)
+        snap = a.wait_for(lambda s: s["phase"] == "running", 30, "slot a to serve again")
+        back_s = time.monotonic() - killed
+        time.sleep(1)
+
+    print({"traffic": traffic.stats.to_json(), "serving_again_after_s": round(back_s, 2)})
+    assert (snap["live"]["epoch"], snap["live"]["version"]) == (2, "1.39.3")
+    assert "ephemeral slot e1 is gone and nothing serves; starting again" in a.supervisor_log()
+    assert health(a) == 200
+    assert traffic.stats.by_epoch.get("2", 0) > 0, traffic.stats.to_json()
+    a.wait_for(lambda s: s["held_sockets"]["sockets"] == 2, 10, "slot a's hold again")

@@ -136,3 +136,19 @@ def test_the_other_slots_alive_are_every_slot_whose_supervisor_holds_its_lock(
         assert PodLedger(pod_dir, "e2").others_alive() == []
     finally:
         os.close(e2)
+
+
+def test_a_regular_slot_is_orphaned_only_by_a_newest_ephemeral_generation_nobody_runs(
+        pod_dir: Path) -> None:
+    a = PodLedger(pod_dir, "a")
+    assert a.orphaned_by() is None  # an empty ledger
+    a.record(0, GenState.EXITED)
+    PodLedger(pod_dir, "e1").record(1, GenState.LIVE)
+    assert a.orphaned_by() == "e1"  # e1's supervisor is gone: nothing restarts it
+    fd = hold_lock(pod_dir, "e1")
+    try:
+        assert a.orphaned_by() is None  # it runs
+    finally:
+        os.close(fd)
+    PodLedger(pod_dir, "b").record(2, GenState.LIVE)
+    assert a.orphaned_by() is None  # slot b's container: the kubelet restarts it

@@ -25,7 +25,9 @@ class Phase(enum.StrEnum):
     inside the drain window."""
     IDLE = "idle"
     """Pod slots: handed over; no generation here. The supervisor stays (an exit would make
-    the kubelet restart the container) until its container is switched to the standby image."""
+    the kubelet restart the container) until its container is switched to the standby image;
+    an ephemeral slot's exits. A regular slot starts again if the ephemeral slot that took
+    over is gone for good."""
     RESTARTING = "restarting"
     """Envoy died on its own: waiting out the backoff before a fresh generation starts."""
     STOPPING = "stopping"
@@ -44,7 +46,9 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.RUNNING: frozenset({Phase.UPGRADING, Phase.HANDING_OVER, Phase.RESTARTING,
                               Phase.STOPPING, Phase.FAILED}),
     Phase.HANDING_OVER: frozenset({Phase.IDLE, Phase.STOPPING, Phase.FAILED}),
-    Phase.IDLE: frozenset({Phase.STOPPING}),
+    # IDLE -> STARTING: the ephemeral slot that took over died with its container, which
+    # nothing restarts: the idle regular slot serves again (`PodSlotSteps._step_idle`).
+    Phase.IDLE: frozenset({Phase.STARTING, Phase.STOPPING}),
     Phase.UPGRADING: frozenset({Phase.DRAINING, Phase.ROLLING_BACK, Phase.STOPPING,
                                 Phase.FAILED}),
     Phase.ROLLING_BACK: frozenset({Phase.RUNNING, Phase.RECOVERING, Phase.RESTARTING,

@@ -201,6 +201,19 @@ class PodLedger:
                  if int(k) > epoch and v.get("slot") != self.slot]
         return max(found, key=lambda kv: kv[0]) if found else None
 
+    def orphaned_by(self) -> str | None:
+        """The ephemeral slot whose generation is the newest, when no other slot's supervisor
+        runs: its container ended (a supervisor crash, a crash loop given up) and nothing
+        restarts an ephemeral container, so nothing will serve unless this slot does. None
+        otherwise (a regular slot's container the kubelet restarts)."""
+        gens = self.read()["generations"]
+        if not gens:
+            return None
+        slot = str(gens[max(gens, key=int)].get("slot"))
+        if slot == self.slot or not is_ephemeral(slot) or self.others_alive():
+            return None
+        return slot
+
     def state_of(self, epoch: int) -> str | None:
         entry = self.read()["generations"].get(str(epoch))
         return None if entry is None else str(entry.get("state"))

@@ -13,7 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from meshctl import errors
 from meshctl.drain.window import DrainWindow
+from meshctl.exitcodes import ExitCode
 from meshctl.manager import handover, repair
 from meshctl.manager.generation import Generation, Role
 from meshctl.manager.phase import Phase, transition
@@ -22,6 +24,7 @@ from meshctl.manager.upgrading import UpgradeSteps
 
 log = logging.getLogger("meshctl.manager.supervisor")
 
+_POD_CHECK_S = 0.25  # as the supervisor's ledger reads
 _HANDOFF_MAX_S = 5.0
 """How long an idle ephemeral slot waits for the new slot to answer on its ended generation's
 hot-restart socket before it exits anyway (half of Envoy's ten one-second retries)."""
@@ -31,7 +34,15 @@ class PodSlotSteps(UpgradeSteps):
     _handled_failures: set[int]
     _idle_since: float = 0.0
 
+    _orphan_checked: float = 0.0
+
     def _begin_stop(self, graceful: bool) -> None:
+        raise NotImplementedError  # the supervisor's
+
+    def _start_generation(self, *, no_parent_ok: bool) -> None:
+        raise NotImplementedError  # the supervisor's
+
+    def _fail(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
         raise NotImplementedError  # the supervisor's
 
     def _start_in_pod(self, binary: Path, config: Path) -> None:
@@ -133,6 +144,7 @@ class PodSlotSteps(UpgradeSteps):
         retried (Trap 2: ten tries a second apart, then it aborts)."""
         self.gens.tick_stoppers()
         if not self._ephemeral:
+            self._take_back()
             return
         ours = any(s.at_path() for s in self.gens.stand_ins.values())
         if ours and self.clock.monotonic() - self._idle_since < _HANDOFF_MAX_S:
@@ -140,3 +152,25 @@ class PodSlotSteps(UpgradeSteps):
         log.info("ephemeral slot %s: idle, exiting%s", self.settings.slot,
                  " (our stand-in was not replaced in time)" if ours else "")
         self._begin_stop(graceful=True)
+
+    def _take_back(self) -> None:
+        """An idle regular slot serves again when the ephemeral slot that took over is gone
+        for good (`PodLedger.orphaned_by`): its Envoy died with its container, its held
+        sockets too, so this is a cold start on this slot's own (older) image, and
+        connections are refused until it is LIVE. Better than a pod that serves nothing."""
+        assert self.ledger is not None
+        now = self.clock.monotonic()
+        if now - self._orphan_checked < _POD_CHECK_S:
+            return
+        self._orphan_checked = now
+        gone = self.ledger.orphaned_by()
+        if gone is None:
+            return
+        log.warning("slot %s: ephemeral slot %s is gone and nothing serves; starting again",
+                    self.settings.slot, gone)
+        self.metrics.envoy_restarted("crash")
+        self.phase = transition(self.phase, Phase.STARTING)
+        try:
+            self._start_generation(no_parent_ok=True)
+        except errors.StartFailed as exc:
+            self._fail(str(exc), ExitCode.START_FAILED)
