@@ -6,7 +6,10 @@ about readiness is the pod's Ready condition as the API server records it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import shutil
 import stat
 import sys
@@ -167,3 +170,29 @@ def test_a_crashing_image_is_judged_failed_by_the_check_and_the_old_slot_still_s
     ephemeral = statuses(pod, "ephemeralContainerStatuses")
     assert ephemeral["meshctl-e1"]["state"]["terminated"]["exitCode"] == ExitCode.START_FAILED
     assert pod["metadata"]["annotations"]["meshctl.io/active-slot"] == "e2"
+
+
+def test_after_the_ephemeral_slot_died_slot_a_serves_again_and_the_next_handover_is_from_it(
+        running_pod: dict[str, Any], meshctl: Invoke, core: k8s.CoreV1Api,
+        runtime: ProcessRuntime, ports: Ports) -> None:
+    first, _ = upgrade(meshctl, PROXY_NEW)
+    assert first.exit_code == ExitCode.OK, first.output
+    live = slot_status(runtime, "e1")["live"]
+    supervisor = next(p for p in runtime.procs.values()
+                      if "e1" in p.popen.args and "run" in p.popen.args)  # type: ignore[operator]
+    for pid in (supervisor.popen.pid, live["keeper_pid"], live["pid"]):  # the container's end
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_terminated(core, "meshctl-e1")
+    deadline = time.monotonic() + 30
+    while slot_status(runtime, "a")["phase"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    with Traffic(ports.http) as traffic:
+        again, record = upgrade(meshctl, PROXY_NEWER)
+
+    assert again.exit_code == ExitCode.OK, again.output
+    assert (record["old_slot"], record["new_slot"]) == ("a", "e2")
+    assert record["not_ready"]["ready_flips"] == 0
+    assert traffic.stats.failed == 0 and traffic.stats.http_error == 0, traffic.stats.to_json()
+    assert read_pod(core)["metadata"]["annotations"]["meshctl.io/active-slot"] == "e2"

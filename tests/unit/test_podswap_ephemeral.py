@@ -45,11 +45,19 @@ def test_the_next_slot_follows_every_meshctl_ephemeral_container_the_pod_ever_ha
     assert (p.old_slot, p.new_slot, p.index, p.from_image) == ("e2", "e3", 3, NEWER)
 
 
-def test_an_ephemeral_active_slot_that_does_not_run_is_refused() -> None:
-    pod = with_ephemeral(running_pod(), "meshctl-e1", NEW, {"terminated": {"exitCode": 0}})
+def test_after_the_active_ephemeral_slot_ended_the_ready_regular_slot_hands_over() -> None:
+    pod = with_ephemeral(running_pod(), "meshctl-e1", NEW, {"terminated": {"exitCode": 137}})
     pod["metadata"]["annotations"]["meshctl.io/active-slot"] = "e1"
-    with pytest.raises(errors.PreflightFailed, match=r"slot e1 \(meshctl-e1\) is not running"):
+    p = ephemeral.plan_ephemeral(pod, NEWER)
+    assert (p.old_slot, p.new_slot, p.from_image) == ("a", "e2", OLD)
+    for s in pod["status"]["containerStatuses"]:
+        s["ready"] = s["name"] != "meshctl-proxy-a"
+    with pytest.raises(errors.PreflightFailed, match=r"slot a .* is not ready"):
         ephemeral.plan_ephemeral(pod, NEWER)
+
+
+def test_an_active_ephemeral_slot_the_pod_never_had_is_refused() -> None:
+    pod = running_pod()
     pod["metadata"]["annotations"]["meshctl.io/active-slot"] = "e5"
     with pytest.raises(errors.PreflightFailed, match="no ephemeral container meshctl-e5"):
         ephemeral.plan_ephemeral(pod, NEWER)

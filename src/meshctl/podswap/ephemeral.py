@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from meshctl import errors
@@ -112,10 +112,15 @@ def plan_ephemeral(pod: Mapping[str, Any], new_image: str) -> EphemeralPlan:
     view = plan.pod_view(pod)  # the two regular slots: the template, and where a, b serve
     active = view.annotations.get(layout.ACTIVE_SLOT)
     index = next_index(pod)
-    if active is not None and active.startswith("e"):
+    if active is not None and active.startswith("e") and _runs(pod, view, active):
         old_slot, from_image = _ephemeral_live(pod, view, active)
         template = view.slots["a"]
     else:
+        if active is not None and active.startswith("e"):
+            # Its container ended (nothing restarts one): the idle regular slot took over
+            # again (`PodSlotSteps._take_back`); it serves if it is ready.
+            view = replace(view, annotations={k: v for k, v in view.annotations.items()
+                                              if k != layout.ACTIVE_SLOT})
         live, _ = plan.live_and_standby(view)
         if not (live.started and live.ready and live.runs_spec_image):
             raise errors.PreflightFailed(
@@ -240,7 +245,16 @@ def last_upgrade(plan_: EphemeralPlan, result: str, time_iso: str,
     return json.dumps(record, separators=(",", ":"), sort_keys=True)
 
 
-def _ephemeral_live(pod: Mapping[str, Any], view: plan.PodView, active: str) -> tuple[str, str]:
+def _runs(pod: Mapping[str, Any], view: plan.PodView, active: str) -> bool:
+    """Whether ephemeral slot `active` still runs (a missing one is an error, not a no)."""
+    _ephemeral_live(pod, view, active, check_running=False)
+    match = re.fullmatch(r"e([1-9][0-9]{0,5})", active)
+    status = ephemeral_status(pod, container_name(int(match.group(1)))) if match else None
+    return status is not None and status.running
+
+
+def _ephemeral_live(pod: Mapping[str, Any], view: plan.PodView, active: str, *,
+                    check_running: bool = True) -> tuple[str, str]:
     match = re.fullmatch(r"e([1-9][0-9]{0,5})", active)
     name = container_name(int(match.group(1))) if match else ""
     spec = next((c for c in ephemeral_containers(pod) if c.get("name") == name), None)
@@ -249,7 +263,7 @@ def _ephemeral_live(pod: Mapping[str, Any], view: plan.PodView, active: str) -> 
             f"{view.label}: annotation {layout.ACTIVE_SLOT} is {active!r}, but the pod has no "
             f"ephemeral container {name or active}")
     status = ephemeral_status(pod, name)
-    if status is None or not status.running:
+    if check_running and (status is None or not status.running):
         raise errors.PreflightFailed(
             f"{view.label}: slot {active} ({name}) is not running; nothing serves that could "
             f"hand over (recreate the pod)")
