@@ -11,7 +11,8 @@ They are checked once the step has settled (the supervisor RUNNING, no upgrade i
 - the supervisor's file descriptors do not grow from step to step;
 - on disk, only the live generation's hot-restart sockets (and its parent's stand-in) and one
   shared-memory file; no parent socket of an older generation left behind;
-- the live generation's parent socket, if any, answered (Trap 2).
+- the live generation's parent socket, if any, answered (Trap 2);
+- the live generation's admin API answers /ready LIVE (Trap 1 repaired).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from meshctl.envoy.admin import AdminClient
 from meshctl.manager.snapshot import StatusSnapshot
 
 FD_SLACK = 3
@@ -191,6 +193,20 @@ def live_parent_answered(snap: StatusSnapshot, state_dir: Path) -> list[str]:
     return []
 
 
+def live_admin_ready(snap: StatusSnapshot, state_dir: Path) -> list[str]:
+    """The live generation's admin API answers /ready LIVE, at the address it published: a
+    failed upgrade must not leave it without one (Trap 1's second half), or readiness probes,
+    the next upgrade's checks and a new supervisor's adoption all go blind."""
+    live = snap["live"]
+    if live is None:
+        return []
+    admin = AdminClient(state_dir / f"gen-{live['epoch']}.admin", timeout_s=2.0)
+    if admin.is_ready():
+        return []
+    return [f"live epoch {live['epoch']}'s admin API does not answer /ready LIVE "
+            f"(address {admin.address()})"]
+
+
 def check_all(snap: StatusSnapshot, state_dir: Path, ports: Sequence[int], *,
               fds_now: int | None, fds_baseline: int | None) -> dict[str, list[str]]:
     """Every invariant by name; a name maps to [] when it holds."""
@@ -204,4 +220,5 @@ def check_all(snap: StatusSnapshot, state_dir: Path, ports: Sequence[int], *,
         "no_leaked_files": no_leaked_files(snap, state_dir),
         "no_stale_parent_socket": no_stale_parent_socket(snap, state_dir),
         "live_parent_answered": live_parent_answered(snap, state_dir),
+        "live_admin_ready": live_admin_ready(snap, state_dir),
     }

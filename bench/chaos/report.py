@@ -210,7 +210,7 @@ def docs_section(report: Report, command: str) -> str:
         f"({', '.join(f'{k} {n}' for k, n in kinds.items() if n)}). After every step: one "
         f"LIVE generation, the ports accept, status and state file agree, no orphan process, "
         f"the supervisor's fds steady, no leaked socket or shared-memory file, the live "
-        f"generation's parent socket answered. The short form is "
+        f"generation's parent socket answered and its admin API LIVE. The short form is "
         f"`tests/integration/test_chaos.py`.",
         "",
         report.summary_table(),

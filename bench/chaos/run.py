@@ -52,6 +52,7 @@ from chaos.report import (
 from chaos.schedule import Binary, Fault, Step
 from chaos.site import Site
 from chaos.watch import LiveWatch
+from meshctl.manager.snapshot import StatusSnapshot
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results" / "chaos.json"
@@ -143,10 +144,14 @@ def run_chaos(settings: Settings, binaries: dict[Binary, Path], root: Path) -> R
 
 @dataclass
 class _FdBaseline:
-    """The supervisor's resting fds after its first settled step, per supervisor process."""
+    """The supervisor's resting fds, per supervisor process, once it has done an upgrade of
+    its own: the descriptors it keeps for good (the xDS gate's listener and stream, a
+    stand-in) come with its first upgrade, so a supervisor started mid-run is not measured
+    before then."""
 
     pid: int | None = None
     fds: int | None = None
+    upgrades_at_start: int = 0
 
 
 def _run_step(h: Harness, step: Step, load: ChaosLoad, watch: LiveWatch, baseline: _FdBaseline,
@@ -201,10 +206,27 @@ def _check(h: Harness, baseline: _FdBaseline) -> dict[str, list[str]]:
     pid = snap["supervisor_pid"]
     fds = invariants.resting_fds(pid)
     if baseline.pid != pid:  # the first step, or a supervisor started again: a new baseline
-        baseline.pid, baseline.fds = pid, fds
+        baseline.pid, baseline.fds = pid, None
+        baseline.upgrades_at_start = snap["upgrades"] - _own_upgrade(snap)
+    if baseline.fds is None and snap["upgrades"] > baseline.upgrades_at_start:
+        baseline.fds = fds
     found = invariants.check_all(snap, h.site.state_dir, h.site.ports, fds_now=fds,
                                  fds_baseline=baseline.fds)
     return {name: problems for name, problems in found.items() if problems}
+
+
+def _own_upgrade(snap: StatusSnapshot) -> int:
+    """1 if the last upgrade in the history was this supervisor's and succeeded (the first
+    step's, for the run's first supervisor), else 0."""
+    last = snap["last_upgrade"]
+    return int(last is not None and last["result"] == "succeeded"
+               and (last.get("requested_at") or 0) >= _started_at(snap))
+
+
+def _started_at(snap: StatusSnapshot) -> float:
+    with contextlib.suppress(psutil.Error):
+        return float(psutil.Process(snap["supervisor_pid"]).create_time())
+    return float("inf")
 
 
 def _leftovers(state_dir: Path, base_id: int | None) -> list[str]:
