@@ -64,6 +64,11 @@ def test_the_slots_follow_the_pod_layout_contract() -> None:
         assert container["securityContext"]["runAsUser"] == 1337
         assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready",
                                                           "port": port}
+        # The least period the API allows: the pod's NotReady window of a swap is ~a period
+        # at worst (docs/pod-slots.md, "Pod readiness during a swap"); no startup probe.
+        assert {k: v for k, v in container["readinessProbe"].items() if k != "httpGet"} == {
+            "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 3}
+        assert "startupProbe" not in container
 
 
 def test_native_sidecars_are_init_containers_that_restart_always() -> None:
