@@ -70,6 +70,33 @@ def test_a_forbidden_subresource_names_the_missing_permission_and_changes_nothin
                                                    "MeshctlUpgradeFailed"]
 
 
+def test_a_cluster_without_the_subresource_is_told_to_use_two_slot_and_nothing_changes(
+        meshctl: Invoke, api: ApiServer, core: k8s.CoreV1Api,
+        running_pod: dict[str, Any]) -> None:
+    api.add_fault(Fault("PATCH", "pods", 404, name=POD, times=-1))
+    result = upgrade(meshctl)
+
+    assert result.exit_code == ExitCode.PREFLIGHT
+    assert one_error_line(result) == (
+        f"meshctl: error: pod {NAMESPACE}/{POD}: the API server does not serve "
+        f"pods/ephemeralcontainers (Kubernetes before 1.23, or the feature off); use "
+        f"--handover two-slot")
+    assert "ephemeralContainers" not in read_pod(core)["spec"]
+
+
+def test_a_rollout_skips_a_pod_served_by_an_ephemeral_slot_and_says_why(
+        meshctl: Invoke, core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
+    core.patch_namespaced_pod(POD, NAMESPACE, {"metadata": {"annotations": {
+        "meshctl.io/active-slot": "e3"}}})
+    result = meshctl("rollout", "--selector", "app=web", "-n", NAMESPACE, "--image",
+                     PROXY_NEW, "--timeout", "10", "-o", "json")
+
+    assert result.exit_code == 0, result.output  # a skipped pod is not a failure
+    assert "Traceback" not in result.output
+    assert "runs in ephemeral slot e3" in result.output, result.output
+    assert "ephemeralContainers" not in read_pod(core)["spec"]
+
+
 def test_a_two_slot_upgrade_of_a_pod_served_by_an_ephemeral_slot_is_refused_in_one_line(
         meshctl: Invoke, core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
     core.patch_namespaced_pod(POD, NAMESPACE, {"metadata": {"annotations": {

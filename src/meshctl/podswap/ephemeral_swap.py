@@ -18,17 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from meshctl.clock import Clock, Deadline, SystemClock
-from meshctl.errors import MeshctlError
+from meshctl.errors import MeshctlError, PreflightFailed
 from meshctl.exitcodes import ExitCode
-from meshctl.kube import Conflict, Kube
+from meshctl.kube import Conflict, Kube, NotFound
 from meshctl.podswap import ephemeral, layout, plan
 from meshctl.podswap.ephemeral import EphemeralPlan
 from meshctl.podswap.plan import Outcome, Progress
 from meshctl.podswap.swap import Report, SwapEnd, SwapResult, SwapSettings, _Run
 
-CHECK_START_S = 30.0
-"""Added to the check's own timeout for the CLI's wait: the check container's start (its image
-is on the node already: the slot's container pulled it)."""
+CHECK_START_S = 10.0
+"""Kept out of the check's own timeout, inside `--timeout`: the check container's start (its
+image is on the node already: the slot's container pulled it)."""
 
 
 def upgrade_pod_ephemeral(kube: Kube, namespace: str, name: str, image: str, *,
@@ -77,14 +77,14 @@ def _handover(run: _Run, eplan: EphemeralPlan) -> SwapResult:
     if slot.outcome is not Outcome.DONE:
         return _failed(run, eplan, slot, started=False)
     run.step("slot_running", slot.detail, "EphemeralSlotRunning")
-    check_s = max(1.0, deadline.remaining())
+    check_s = max(1.0, deadline.remaining() - CHECK_START_S)
     run.pod = run.kube.add_ephemeral_container(
         run.namespace, run.name,
         ephemeral.add_patch(run.pod, ephemeral.check_container(run.pod, eplan, check_s)))
     run.step("check_added", f"{eplan.check_container} checks that slot {eplan.new_slot} took "
                             f"over (within {check_s:.0f}s)")
     verdict = _wait(run, lambda pod: ephemeral.check_progress(pod, eplan),
-                    Deadline(run.clock, check_s + CHECK_START_S))
+                    Deadline(run.clock, max(deadline.remaining(), check_s + 1.0)))
     if verdict.outcome is not Outcome.DONE:
         return _failed(run, eplan, verdict, started=True)
     _annotate(run, {**ephemeral.switched_annotations(eplan),
@@ -103,6 +103,12 @@ def _add_slot(run: _Run, eplan: EphemeralPlan) -> EphemeralPlan:
         try:
             run.pod = run.kube.add_ephemeral_container(run.namespace, run.name, patch)
             break
+        except NotFound as exc:
+            run.pod = run.kube.get_pod(run.namespace, run.name)  # NotFound: the pod is gone
+            raise PreflightFailed(
+                f"pod {run.namespace}/{run.name}: the API server does not serve "
+                f"pods/ephemeralcontainers (Kubernetes before 1.23, or the feature off); use "
+                f"--handover two-slot") from exc
         except Conflict as exc:
             if attempt == run.settings.replans:
                 raise Conflict(f"pod {run.namespace}/{run.name} kept changing while adding "
