@@ -78,6 +78,9 @@ class FakeAdmin:
     def listener_ports(self) -> frozenset[int]:
         return frozenset({1})  # nothing of this test process listens there: 0 connections
 
+    def listen_urls(self) -> frozenset[str]:
+        return frozenset()  # nothing to hold (its policy: tests/unit/test_manager_holding.py)
+
 
 class FakeGenerations(Generations):
     """The real table and its bookkeeping, with fake processes instead of spawned Envoys."""
