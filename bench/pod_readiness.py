@@ -171,6 +171,19 @@ def process_runtime(root: Path, images: Sequence[str]) -> Iterator[tuple[Runtime
         runtime.stop_all()
 
 
+def wait_stopped(runtime: Any, pod: str, timeout_s: float = 90.0) -> None:
+    """Until every process of `pod` has ended (the kubelet stops them once it sees the pod
+    deleted)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in runtime.procs.values()
+                 if p.log.name.startswith(f"{pod}-") and p.popen.poll() is None]
+        if not alive:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the processes of {pod} did not end within {timeout_s:g}s")
+
+
 def fake_runtime(args: argparse.Namespace, images: Sequence[str]) -> FakeRuntime:
     live = FakeImage(ready_after_s=args.live_s, pull_s=args.pull_s)
     runtime = FakeRuntime({PROXY_OLD: FakeImage(ready_after_s=args.live_s),
@@ -237,6 +250,8 @@ def measure(args: argparse.Namespace, name: str, prepull: bool) -> dict[str, Any
                          "swap_s": result.steps[-1].elapsed_s})
             log(f"{name}{' prepull' if prepull else ''} run {i}: {runs[-1]}")
             core.delete_namespaced_pod(pod["metadata"]["name"], NAMESPACE)
+            if timer is not None:  # the next pod's Envoy binds the same ports: wait for these
+                wait_stopped(runtime, pod["metadata"]["name"])
         live = ({k: v for k, v in timer.live_s.items()} if timer is not None else None)
     return {"config": name, "prepull": prepull, "probes": {"readiness": dict(probes.readiness),
             "startup": dict(probes.startup) if probes.startup else None},

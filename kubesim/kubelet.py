@@ -284,7 +284,7 @@ class FakeKubelet:
             cid = self.runtime.start(pod, cname, image, args)
             c = state.containers[cname] = _Container(
                 image=image, container_id=cid, last_id=cid, restarts=restarts,
-                ephemeral=ephemeral, created_s=now,
+                ephemeral=ephemeral, created_s=self.clock(),  # after the stop, however long
                 seen=c.seen if c else ContainerView(None, running=False),
                 seen_image=c.seen_image if c else image,
                 seen_started_iso=c.seen_started_iso if c else "",

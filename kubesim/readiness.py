@@ -3,8 +3,8 @@ container's `started` and `ready` and as the pod's `ContainersReady` and `Ready`
 Nothing here sleeps or reads a clock: every function takes `now` (seconds on a monotonic
 clock), so the rules are unit-tested on a clock the test moves (tests/unit/).
 
-Each rule is the real kubelet's, read in kubernetes/kubernetes (1.31-1.34); the function named
-after each rule is where it lives:
+Each rule is the real kubelet's, read in kubernetes/kubernetes (its main branch, late 2026;
+the native-sidecar rules since 1.29); the function named after each rule is where it lives:
 
   pkg/kubelet/prober/worker.go         `worker.run`, `worker.doProbe`: one worker per container
                                        and probe type, probing at once, then on each tick of a
