@@ -92,6 +92,10 @@ def test_the_check_runs_pod_check_in_the_new_image_on_the_pod_dir_only() -> None
                                                     ["meshctl", "pod-check"])
     assert c["args"] == ["--slot", "e1", "--state-dir", "/var/run/meshctl", "--timeout", "95.5"]
     assert [m["name"] for m in c["volumeMounts"]] == ["meshctl-state"]
+    for container in pod["spec"]["containers"]:
+        if container["name"].startswith("meshctl-proxy-"):
+            container["args"][container["args"].index("--state-dir") + 1] = "/run/mesh"
+    assert ephemeral.check_container(pod, p, 1)["args"][3] == "/run/mesh"
 
 
 def test_the_patch_adds_the_list_or_appends_to_it_behind_a_test_of_the_last_one() -> None:

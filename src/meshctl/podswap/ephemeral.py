@@ -163,14 +163,18 @@ def slot_container(pod: Mapping[str, Any], plan_: EphemeralPlan) -> dict[str, An
 def check_container(pod: Mapping[str, Any], plan_: EphemeralPlan,
                     timeout_s: float) -> dict[str, Any]:
     """The short-lived container whose exit code is the handover's verdict: `meshctl
-    pod-check` in the new image (on the node already: its slot pulled it), on the pod dir."""
+    pod-check` in the new image (on the node already: its slot pulled it), on the pod dir (the
+    slots' `--state-dir`), with only that volume mounted."""
     template = _container(pod, plan_.template)
     mounts = [m for m in template.get("volumeMounts") or []
               if m.get("name") == layout.STATE_VOLUME]
+    args = [str(a) for a in template.get("args") or []]
+    state_dir = (args[args.index("--state-dir") + 1]
+                 if "--state-dir" in args[:-1] else layout.STATE_DIR)
     container: dict[str, Any] = {
         "name": plan_.check_container, "image": plan_.to_image,
         "command": ["meshctl", "pod-check"],
-        "args": ["--slot", plan_.new_slot, "--state-dir", layout.STATE_DIR,
+        "args": ["--slot", plan_.new_slot, "--state-dir", state_dir,
                  "--timeout", f"{timeout_s:g}"],
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
