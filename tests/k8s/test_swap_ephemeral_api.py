@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from kubesim.apiserver import ApiServer, Fault
+from kubesim.kubelet import FakeImage, FakeRuntime
 
 from meshctl.exitcodes import ExitCode
 from meshctl.kube import CoreV1
 from tests.k8s.conftest import (
+    APP_IMAGE,
+    IMAGES,
     NAMESPACE,
     POD,
     PROXY_NEW,
@@ -25,6 +29,78 @@ from tests.k8s.conftest import (
     read_pod,
 )
 from tests.k8s.test_swap import one_error_line
+
+PULLS_FOREVER = "registry.example/meshctl/proxy:pulls-forever"
+
+
+class VerdictRuntime(FakeRuntime):
+    """The fake runtime, where a check container (`meshctl-check-<N>`) exits after 0.1 s with
+    `verdict`: what `meshctl pod-check` would say (it runs for real in test_swap_ephemeral.py).
+    What is under test here is the CLI's reading of it."""
+
+    verdict = 0
+
+    def start(self, pod: Mapping[str, Any], container_name: str, image: str,
+              args: Sequence[str]) -> str:
+        cid = super().start(pod, container_name, image, args)
+        if container_name.startswith("meshctl-check-"):
+            self.containers[cid].behaviour = FakeImage(ready_after_s=None, exit_after_s=0.1,
+                                                       exit_code=self.verdict)
+        return cid
+
+
+@pytest.fixture
+def runtime() -> VerdictRuntime:
+    return VerdictRuntime({**IMAGES, PULLS_FOREVER: FakeImage(pull_s=3600)}, default=APP_IMAGE)
+
+
+def annotations(core: k8s.CoreV1Api) -> dict[str, str]:
+    return read_pod(core)["metadata"]["annotations"]  # type: ignore[no-any-return]
+
+
+def test_a_zero_from_the_check_is_success_and_switches_the_active_slot(
+        meshctl: Invoke, core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
+    result = upgrade(meshctl, "-o", "json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    record = json.loads(result.stdout)
+    assert record["result"] == "succeeded"
+    assert record["not_ready"]["ready_flips"] == 0
+    assert annotations(core)["meshctl.io/active-slot"] == "e1"
+    assert json.loads(annotations(core)["meshctl.io/last-upgrade"])["handover"] == "ephemeral"
+    assert [e["reason"] for e in events(core)] == [
+        "MeshctlUpgradeStarted", "EphemeralSlotAdded", "EphemeralSlotRunning",
+        "HandoverConfirmed"]
+
+
+@pytest.mark.parametrize(("verdict", "code", "result"), [
+    (8, ExitCode.ROLLED_BACK, "rolled_back"), (10, ExitCode.TIMEOUT, "incomplete"),
+    (1, ExitCode.TIMEOUT, "incomplete")])
+def test_a_failing_check_leaves_the_old_slot_active_and_says_what_is_known(
+        meshctl: Invoke, core: k8s.CoreV1Api, runtime: VerdictRuntime,
+        running_pod: dict[str, Any], verdict: int, code: ExitCode, result: str) -> None:
+    runtime.verdict = verdict
+    done = upgrade(meshctl, "-o", "json")
+
+    assert done.exit_code == code, done.output
+    record = json.loads(done.stdout)
+    assert record["result"] == result
+    assert f"meshctl-check-1 exited with code {verdict}" in record["error"]
+    assert annotations(core)["meshctl.io/active-slot"] == "a"
+    if verdict == 8:
+        assert json.loads(annotations(core)["meshctl.io/last-upgrade"])["result"] == result
+
+
+def test_an_image_still_pulling_at_the_timeout_is_incomplete_and_changes_no_annotation(
+        meshctl: Invoke, core: k8s.CoreV1Api, running_pod: dict[str, Any]) -> None:
+    done = meshctl("upgrade", "--pod", POD, "--image", PULLS_FOREVER, "--handover",
+                   "ephemeral", "--timeout", "2", "-o", "json")
+
+    assert done.exit_code == ExitCode.TIMEOUT, done.output
+    record = json.loads(done.stdout)
+    assert record["result"] == "incomplete"
+    assert "not confirmed within 2s" in record["error"]
+    assert annotations(core)["meshctl.io/active-slot"] == "a"
 
 
 def upgrade(meshctl: Invoke, *args: str) -> Any:
