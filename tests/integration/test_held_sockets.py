@@ -390,6 +390,14 @@ def memory_limited(pid: int, limit_bytes: int) -> Iterator[Path]:
                 time.sleep(0.1)
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie (the keeper reaps it a moment later)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def oom_kills(group: Path) -> int:
     for line in (group / "memory.oom_control").read_text().splitlines():
         if line.startswith("oom_kill "):
@@ -422,7 +430,7 @@ def test_an_oom_kill_by_the_memory_limit_refuses_no_connection(
         time.sleep(1.0)
         started = time.monotonic()
         post_endless_body(ports.http)
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        while alive(pid):
             time.sleep(0.005)
         dead = time.monotonic()
         snap = meshctl.wait_for(lambda s: s["phase"] == "running" and s["live"]["pid"] != pid,

@@ -265,6 +265,10 @@ class UpgradeSteps:
             upgrade.event(now, "old_exited")
             self._finish_upgrade("rolled_back" if upgrade.recovery else "succeeded")
             return
+        if self.live is not None:
+            # A take that failed at LIVE (its main thread busy) is retried now, not after the
+            # drain: a listener the new config removed must not queue connections meanwhile.
+            self.holding.tick(self.live, self.gens.alive())
         self._drain_old(upgrade, old, now)
 
     def _drain_old(self, upgrade: Upgrade, old: Generation, now: float) -> None:
