@@ -261,6 +261,32 @@ def test_an_image_an_ephemeral_container_pulled_starts_a_restarted_container_wit
     core.patch_namespaced_pod("prepulled", NAMESPACE, [
         {"op": "replace", "path": "/spec/containers/0/image", "value": BIG}])
     patched = time.monotonic()
-    timeline.until(False, 3)
-    timeline.until(True, 3)
-    assert time.monotonic() - patched < 1.4  # a relist and a probe, not a 1.5 s pull
+    while time.monotonic() - patched < 3:
+        app = status_of(read_pod(core, "prepulled"), "app")
+        if app["image"] == BIG and app["ready"] and app["restartCount"] == 1:
+            break
+        time.sleep(0.02)
+    # A relist and a probe (its NotReady may be one status write, too short to poll), not the
+    # 1.5 s pull.
+    assert time.monotonic() - patched < 1.4
+    assert status_of(read_pod(core, "prepulled"), "prepull")["ready"] is False
+
+
+def test_with_a_startup_probe_a_container_is_not_started_until_it_passes(
+        core: k8s.CoreV1Api, kubelet: FakeKubelet) -> None:
+    app = {**container("app", SLOW_START), "startupProbe": {
+        "httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1,
+        "failureThreshold": 30}}
+    core.create_namespaced_pod(NAMESPACE, pod("starting", app))
+    timeline = Timeline(core, "starting")
+    deadline = time.monotonic() + 3
+    early: dict[str, Any] = {"state": {}}
+    while "running" not in early["state"] and time.monotonic() < deadline:
+        p = read_pod(core, "starting")
+        early = status_of(p, "app") if p.get("status") else early
+        time.sleep(0.05)
+    assert "running" in early["state"] and early["started"] is False  # running, not started
+    assert early["ready"] is False
+    # No readiness probe: ready as soon as started, which the startup probe decides (1.5 s).
+    assert timeline.until(True, 5) >= 1.5
+    assert status_of(read_pod(core, "starting"), "app")["started"] is True
