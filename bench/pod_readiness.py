@@ -224,7 +224,7 @@ def measure(args: argparse.Namespace, name: str, prepull: bool) -> dict[str, Any
         configuration.host = api.url
         node_client = k8s.ApiClient(configuration)
         node_client.user_agent = "fake-kubelet"
-        kubelet = FakeKubelet(node_client, NAMESPACE, runtime)
+        kubelet = FakeKubelet(node_client, NAMESPACE, runtime, relist_s=args.relist_s)
         kubelet.start()
         stack.callback(api.stop)
         stack.callback(node_client.close)
@@ -300,6 +300,8 @@ def main() -> None:
                         help="fake: the new image's pull, when not on the node")
     parser.add_argument("--prepull", choices=("no", "yes", "both"), default="no")
     parser.add_argument("--native-sidecars", action="store_true")
+    parser.add_argument("--relist-s", type=float, default=1.0,
+                        help="the kubelet's PLEG relist period (0: Evented PLEG, KEP-3386)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     prepulls = {"no": [False], "yes": [True], "both": [False, True]}[args.prepull]
