@@ -124,6 +124,7 @@ class ListenerHolding:
         except AdminUnavailable as exc:
             log.warning("epoch %d: cannot list its listeners to hold them (%s)", gen.epoch, exc)
             return False
+        started = self.clock.monotonic()
         with pod_lock(self.lock_path):
             newer = self.ledger.newer(gen.epoch) if self.ledger is not None else None
             if newer is not None and newer[1].get("state") in (GenState.STARTING, GenState.LIVE):
@@ -140,9 +141,9 @@ class ListenerHolding:
         self._urls = urls
         self._taken = self._checked = self.clock.monotonic()
         if result.taken or result.closed:
-            log.info("epoch %d: holding %d listening socket(s) (%d new, %d closed) for %s",
-                     gen.epoch, len(self.hold), result.taken, result.closed,
-                     ", ".join(sorted(urls)) or "no listener")
+            log.info("epoch %d: holding %d listening socket(s) (%d new, %d closed, %d "
+                     "address(es) asked in %.1f ms)", gen.epoch, len(self.hold), result.taken,
+                     result.closed, len(urls), 1000 * (self.clock.monotonic() - started))
         return True
 
     def restart_from(self, dead_epoch: int) -> bool:
