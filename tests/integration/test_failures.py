@@ -420,3 +420,35 @@ def test_a_supervisor_killed_after_an_upgrade_is_replaced_and_the_live_envoy_doe
     assert (snap["phase"], snap["live"]["pid"], snap["crashes"]["total"]) == \
         ("running", live["pid"], 0)
     assert traffic.stats.failed == 0, traffic.stats.to_json()
+
+
+def test_a_supervisor_killed_mid_drain_is_replaced_the_old_one_drains_and_ends_with_sigterm(
+        meshctl: Meshctl, ports: Ports, workdir: Path, envoy_new: Path) -> None:
+    """Found by the chaos run: the adopted old generation was ended as "never LIVE" (SIGKILL,
+    its connections cut), and the killed supervisor's stand-in socket stayed in hr/."""
+    config = envoy_config(workdir / "v1.yaml", ports)
+    args = ("--drain-min-s", "3", "--drain-max-s", "6", "--stop-grace-s", "2")
+    meshctl.start(*args, config=config)
+    first = meshctl.cli("upgrade", "-o", "json")  # epoch 1; epoch 0 ends early: a stand-in
+    assert first.returncode == 0, first.stderr
+    meshctl.wait_for(lambda s: s["phase"] == "running" and s["epoch"] == 1, 30, "epoch 1")
+    done = meshctl.cli("upgrade", "--envoy", str(envoy_new), "-o", "json")
+    assert done.returncode == 0, done.stderr
+    meshctl.wait_for(lambda s: s["phase"] == "draining", 30, "epoch 1 draining")
+    assert meshctl.proc is not None
+    meshctl.proc.kill()
+    meshctl.proc.wait()
+
+    with Traffic(ports.http) as traffic:
+        meshctl.start(*args, config=config)
+        snap = meshctl.wait_for(lambda s: s["phase"] == "running", 30, "the adopted upgrade")
+
+    log = meshctl.supervisor_log()
+    assert "epoch 1: asking to stop (SIGTERM)" in log, log[-3000:]
+    assert "epoch 1: never LIVE" not in log
+    assert traffic.stats.failed == 0, traffic.stats.to_json()
+    files = {p.name for p in (meshctl.state_dir / "hr").iterdir()}
+    base, epoch = snap["base_id"], snap["epoch"]
+    own = {f"envoy_{role}_{10 * base + epoch % 3}"
+           for role in ("parent", "child", "udp_parent", "udp_child")}
+    assert own <= files <= own | {f"envoy_parent_{10 * base + (epoch - 1) % 3}"}, files

@@ -82,6 +82,11 @@ def adopt(rec: dict[str, Any], state: StateDir, clock: Clock) -> Generation | No
         listener_ports=frozenset(int(p) for p in rec.get("listener_ports") or []),
         xds_driven=bool(rec.get("xds_driven")),
     )
+    if rec.get("live_at") is not None or rec.get("role") in ("live", "draining"):
+        # It served: ended with SIGTERM and the grace like any served generation, never
+        # with the SIGKILL kept for one that never was LIVE (Stopper.start(ask=False)).
+        gen.live_mono = clock.monotonic()
+        gen.live_wall = float(rec.get("live_at") or 0) or None
     log.warning("epoch %d: adopted running Envoy pid %d from a previous supervisor",
                 epoch, gen.pid)
     return gen

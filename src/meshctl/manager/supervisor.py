@@ -175,6 +175,8 @@ class Supervisor(PodSlotSteps):
                 self._handle_commands()
                 self.gens.reap()
                 self._step()
+                if self._save_error is not None:
+                    self._save()  # every tick until the file system has room again
                 self._publish()
         finally:
             self._final_cleanup()
@@ -224,15 +226,12 @@ class Supervisor(PodSlotSteps):
         for gen in adopted:
             self.gens.by_epoch[gen.epoch] = gen
         self.gens.next_epoch = adopted[-1].epoch + 1
+        if self.ledger is None:
+            self._answer_for_dead_parent(adopted[0])
         newest = adopted[-1]
         older = [g for g in adopted if g is not newest]
         if not older:
             self.live = newest
-            # Its parent is gone, and the stand-in that answered on its socket (if any) died
-            # with the supervisor before us: without one, its next hot-restart message (the
-            # Terminate at --parent-shutdown-time-s) blocks it 10 s, then aborts (Trap 2).
-            if newest.epoch > 0 and self.ledger is None:
-                self.gens.bind_stand_in_for(newest.epoch - 1)
             self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
             return  # STARTING: _step_starting marks it LIVE once /ready says so
         old = older[-1]
@@ -247,6 +246,21 @@ class Supervisor(PodSlotSteps):
         upgrade.to_pid = newest.pid
         self.ready_deadline = Deadline(self.clock, upgrade.ready_timeout_s)
         self.phase = transition(self.phase, Phase.UPGRADING)
+
+    def _answer_for_dead_parent(self, oldest: Generation) -> None:
+        """After an adoption: the oldest generation's parent is gone, and the stand-in that
+        answered on its socket (if any) died with the supervisor before us. Without one, its
+        next hot-restart message (the Terminate at --parent-shutdown-time-s) blocks it 10 s,
+        then aborts it (Trap 2). Any other parent socket left in the dir is a dead stand-in's:
+        nothing sends there any more."""
+        keep = {p for g in self.gens.alive() for p in self.files.sockets_of(g.epoch)}
+        if oldest.epoch > 0 and self.gens.bind_stand_in_for(oldest.epoch - 1):
+            keep.add(self.files.parent_socket(oldest.epoch - 1))
+        for path in self.files.all_sockets():
+            if path not in keep and path.exists():
+                log.info("removing %s, left by the previous supervisor", path.name)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _start_generation(self, *, no_parent_ok: bool) -> None:
         s = self.settings
