@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from meshctl.envoy.hotrestart import HotRestartFiles
-from meshctl.errors import Busy, StateDirError
+from meshctl.errors import Busy, PreflightFailed, StateDirError
 from meshctl.exitcodes import ExitCode
 from meshctl.manager.state import SCHEMA, StateDir
 
@@ -384,3 +384,22 @@ def test_a_save_on_a_full_file_system_keeps_the_last_good_state_file(small_fs: P
 
     assert state.state_file.read_bytes() == good  # never truncated
     assert [p.name for p in (small_fs / "sd").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_check_room_refuses_an_upgrade_once_the_file_system_is_nearly_full(
+        tmp_path: Path) -> None:
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        state = StateDir(mount / "sd")
+        state.prepare()
+        state.check_room("an upgrade")  # 4 MiB free: room enough
+        with (mount / "filler").open("wb") as f:
+            f.write(b"x" * (3 << 20) + b"x" * (512 << 10))
+        with pytest.raises(PreflightFailed, match=r"an upgrade refused: the state dir's file "
+                                                  r"system has \d+ KiB"):
+            state.check_room("an upgrade")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from meshctl.errors import Busy, StateDirError
+from meshctl.errors import Busy, PreflightFailed, StateDirError
 
 SCHEMA = 1
 HISTORY_KEEP = 50
@@ -34,6 +34,10 @@ _LONGEST_SOCKET_SUFFIX = len("_udp_parent_") + 8
 _OURS = re.compile(r"(state\.json|\.state\.json\.\d+\.tmp|supervisor\.lock|control\.sock|"
                    r"gate\.sock|hr|logs|gen-\d+\.admin|demo-envoy\.yaml|\.demo-envoy\.yaml\.tmp|"
                    r"admin\.sock)")
+_ROOM_BYTES = 1 << 20
+_ROOM_INODES = 16
+"""What a new generation needs free in the state dir (`check_room`): its admin address file,
+four sockets, a log that may grow."""
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "history": list, "generations": list, "upgrade_counter": int, "base_id": int,
 }
@@ -209,6 +213,24 @@ class StateDir:
             raise StateDirError(f"{self.state_file} is corrupt ({problem}); move it aside to "
                                 f"start over")
         return data
+
+    def check_room(self, what: str) -> None:
+        """Refuse (PreflightFailed, exit 6) when the state dir's file system is (nearly) full.
+        A new generation writes its admin address file, its log and its hot-restart sockets
+        there: without room, Envoy starts but the supervisor never learns its admin address,
+        so it is never seen LIVE, and the failed child leaves the old generation without its
+        admin listener (Trap 1), unrepaired. Found by the chaos run (full_state_dir)."""
+        try:
+            vfs = os.statvfs(self.root)
+        except OSError as exc:
+            raise StateDirError(f"cannot read {self.root}'s file system: {exc.strerror}") \
+                from exc
+        free = vfs.f_bavail * vfs.f_frsize
+        if free < _ROOM_BYTES or (vfs.f_files and vfs.f_favail < _ROOM_INODES):
+            raise PreflightFailed(f"{what} refused: the state dir's file system has "
+                                  f"{free // 1024} KiB and {vfs.f_favail} inodes free (needs "
+                                  f"{_ROOM_BYTES // 1024} KiB and {_ROOM_INODES}); free some "
+                                  f"space under {self.root}")
 
     def save(self, data: dict[str, Any]) -> None:
         """Write, fsync, rename, fsync the dir: a crash leaves the old file or the new one."""

@@ -355,6 +355,7 @@ class Supervisor(PodSlotSteps):
                 drain=self.settings.drain, ready_timeout_s=self.settings.ready_timeout_s)
             trust.check_trusted(req.binary, "Envoy binary")
             trust.check_trusted(req.config, "Envoy config")
+            self.state.check_room("an upgrade")
             upgrade = self._begin_upgrade(req.binary, req.config, req.policy, "request",
                                           req.ready_timeout_s,
                                           listener_change_ok=req.listener_change_ok)
