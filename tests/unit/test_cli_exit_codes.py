@@ -89,6 +89,7 @@ TABLE: dict[tuple[str, str], tuple[list[str], int]] = {
     ("upgrade", "--kubeconfig"): (["--kubeconfig", "{missing}"], BAD_INPUT),  # no --pod
     ("upgrade", "--dry-run"): (["--dry-run"], BAD_INPUT),  # no --pod
     ("upgrade", "--handover"): (["--handover", "sideways"], USAGE),
+    ("upgrade", "--prepull"): (["--prepull"], BAD_INPUT),  # no --pod
 
     ("status", "--state-dir"): (["--state-dir", "{file}"], STATE_DIR),
     ("status", "--slot"): (["--slot", "c"], USAGE),

@@ -293,6 +293,10 @@ def upgrade(
         "--dry-run", help="Pod mode: print the plan and the patches; change nothing.")] = False,
     handover: Annotated[Handover | None, typer.Option(
         "--handover", help=HANDOVER_HELP)] = None,
+    prepull: Annotated[bool, typer.Option(
+        "--prepull", help="Pod mode, two-slot: pull the new image onto the pod's node first, "
+                          "in an ephemeral container (meshctl-pull-N), so that the pull is not "
+                          "time the pod is NotReady.")] = False,
 ) -> None:
     """Hot-upgrade the running Envoy to a new binary and/or config (a new generation).
 
@@ -301,11 +305,11 @@ def upgrade(
         pod_cli.upgrade_pod(pod=pod, namespace=namespace, image=image, context=context,
                             kubeconfig=kubeconfig, dry_run=dry_run, timeout_s=timeout_s,
                             out=out, envoy=envoy, config=config, force=force,
-                            handover=handover or Handover.TWO_SLOT)
+                            handover=handover or Handover.TWO_SLOT, prepull=prepull)
         return
     pod_only = [flag for flag, value in (("--namespace", namespace), ("--context", context),
                                          ("--kubeconfig", kubeconfig), ("--dry-run", dry_run),
-                                         ("--handover", handover))
+                                         ("--handover", handover), ("--prepull", prepull))
                 if value]
     if pod_only:
         raise errors.BadInput(f"{', '.join(pod_only)}: only with --pod NAME --image REF")

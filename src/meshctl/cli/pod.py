@@ -154,7 +154,7 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
                 context: str | None, kubeconfig: Path | None, dry_run: bool, timeout_s: float,
                 out: output.Format, envoy: str | None = None,
                 config: Path | None = None, force: bool = False,
-                handover: Handover = Handover.TWO_SLOT) -> None:
+                handover: Handover = Handover.TWO_SLOT, prepull: bool = False) -> None:
     """`meshctl upgrade --pod NAME --image REF`: swap the proxy image inside a running pod,
     once its disruption budgets allow it (a dry run does not wait for them)."""
     if pod is None or image is None:
@@ -169,6 +169,10 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
 
     reference.parse(image)
     if handover is Handover.EPHEMERAL:
+        if prepull:
+            raise errors.BadInput("--prepull applies to the two-slot handover: the ephemeral "
+                                  "one pulls the image in its own container, which no "
+                                  "readiness rule counts")
         if force:
             raise errors.BadInput("--force does not apply with --handover ephemeral: it "
                                   "consults no disruption budget (the pod stays Ready)")
@@ -185,7 +189,7 @@ def upgrade_pod(*, pod: str | None, namespace: str | None, image: str | None,
     with kube.connect(kubeconfig=kubeconfig or _env_path("KUBECONFIG"), context=context) as api:
         result = swap.upgrade_pod(
             api, namespace or api.default_namespace, pod, image,
-            settings=swap.SwapSettings(timeout_s=timeout_s), dry_run=dry_run,
+            settings=swap.SwapSettings(timeout_s=timeout_s, prepull=prepull), dry_run=dry_run,
             report=lambda line: output.note(line, out), force=force)
     record = result.to_dict()
     _print_result(record, out)

@@ -26,7 +26,7 @@ from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.errors import MeshctlError
 from meshctl.exitcodes import ExitCode
 from meshctl.kube import Conflict, Kube, KubeError, NotFound
-from meshctl.podswap import disruption, layout, plan
+from meshctl.podswap import disruption, layout, plan, prepull
 from meshctl.podswap.plan import Outcome, Progress, SwapPlan
 from meshctl.podswap.readiness import NotReadyJson, ReadyWindow
 
@@ -59,6 +59,9 @@ class SwapSettings:
     """Re-reads and re-plans when the pod changed between our read and our patch."""
     settle_s: float = 10.0
     """Before a re-plan: how long to wait for an image change by someone else to settle."""
+    prepull: bool = False
+    """Pull the new image onto the pod's node (an ephemeral container) before restarting the
+    standby slot, so that the pull is not NotReady time (`meshctl.podswap.prepull`)."""
 
 
 @dataclass
@@ -222,6 +225,11 @@ def upgrade_pod(kube: Kube, namespace: str, name: str, image: str, *,
 
 
 def _swap(run: _Run, swap: SwapPlan) -> SwapResult:
+    if run.settings.prepull:
+        failure = _prepull(run, swap)
+        if failure is not None:
+            run.step("not_pulled", failure, "ImageNotPulled", warning=True)
+            return run.finish(SwapEnd.ROLLED_BACK, failure)
     swap, generation = _start(run, swap)
     if swap.unchanged:
         run.step("unchanged", f"slot {swap.old_slot} already runs {run.image}; nothing to do")
@@ -279,6 +287,31 @@ def _dry_run(run: _Run, swap: SwapPlan) -> SwapResult:
                         f"({swap.new_container}), then return slot {swap.old_slot} to "
                         f"{swap.standby_image}; nothing changed")
     return run.finish(SwapEnd.DRY_RUN)
+
+
+def _prepull(run: _Run, swap: SwapPlan) -> str | None:
+    """The new image onto the pod's node before anything restarts; None when it is there,
+    else why not (nothing was restarted: the old slot serves as before)."""
+    name = prepull.pull_name(run.pod)
+    container = prepull.pull_container(run.pod, swap, name)
+    run.pod = run.kube.add_ephemeral_container(run.namespace, run.name,
+                                               prepull.pull_patch(run.pod, container))
+    last = Progress(Outcome.WAITING, f"{name}: waiting for the kubelet")
+
+    def check(pod: dict[str, Any]) -> bool:
+        nonlocal last
+        last = prepull.pull_progress(pod, name, swap.to_image)
+        return last.outcome is not Outcome.WAITING
+
+    deadline = Deadline(run.clock, run.settings.timeout_s)
+    pulled = run.kube.wait_pod(run.namespace, run.name, run.watching(check), deadline)
+    if pulled is None:
+        return f"{swap.to_image} not pulled within {run.settings.timeout_s:g}s: {last.detail}"
+    run.pod = pulled
+    if last.outcome is Outcome.FAILED:
+        return last.detail
+    run.step("image_pulled", last.detail, "ImagePulled")
+    return None
 
 
 def _start(run: _Run, swap: SwapPlan) -> tuple[SwapPlan, int | None]:
