@@ -19,7 +19,7 @@ node unless `--prepull`); the swap's own `not_ready` report gives the windows.
 
     python bench/pod_readiness.py --runs 20                         # fake, every config
     python bench/pod_readiness.py --runtime process --runs 3 --configs current,period-1
-    python bench/pod_readiness.py --pull-s 5 --configs period-1 --prepull both
+    python bench/pod_readiness.py --pull-s 3 --configs period-1 --prepull no,node,meshctl
 
 Prints a Markdown table on stdout (progress on stderr); `--json FILE` writes the figures.
 """
@@ -207,7 +207,9 @@ def windows(not_ready: Mapping[str, Any]) -> list[float]:
     return out
 
 
-def measure(args: argparse.Namespace, name: str, prepull: bool) -> dict[str, Any]:
+def measure(args: argparse.Namespace, name: str, prepull: str) -> dict[str, Any]:
+    """`prepull`: "no"; "node": the image put on the node beforehand (as a DaemonSet would);
+    "meshctl": `upgrade --pod --prepull` (an ephemeral container, inside the swap)."""
     probes = CONFIGS[name]
     period = float(probes.readiness.get("periodSeconds", 10))
     images = [f"{PROXY_NEW}-r{i}" for i in range(args.runs)]
@@ -237,18 +239,19 @@ def measure(args: argparse.Namespace, name: str, prepull: bool) -> dict[str, Any
             pod = web_pod(f"web-{i:02d}", probes, args.native_sidecars)
             core.create_namespaced_pod(NAMESPACE, copy.deepcopy(pod))  # type: ignore[arg-type]
             kubelet.wait_ready(pod["metadata"]["name"], timeout_s=120)
-            if prepull and isinstance(runtime, FakeRuntime):
+            if prepull == "node" and isinstance(runtime, FakeRuntime):
                 time.sleep(max(0.0, runtime.pull(image) - time.monotonic()))
             time.sleep(random.uniform(0, period))  # the tickers' phase at the swap: any
             result = upgrade_pod(meshctl, NAMESPACE, pod["metadata"]["name"], image,
-                                 settings=SwapSettings(timeout_s=120, retire_timeout_s=120))
+                                 settings=SwapSettings(timeout_s=120, retire_timeout_s=120,
+                                                       prepull=prepull == "meshctl"))
             if result.result != "succeeded" or result.not_ready is None:
                 raise RuntimeError(f"run {i}: {result.result}: {result.error}")
             runs.append({"not_ready_s": result.not_ready["not_ready_s"],
                          "flips": result.not_ready["ready_flips"],
                          "windows": [round(w, 3) for w in windows(result.not_ready)],
                          "swap_s": result.steps[-1].elapsed_s})
-            log(f"{name}{' prepull' if prepull else ''} run {i}: {runs[-1]}")
+            log(f"{name} prepull {prepull} run {i}: {runs[-1]}")
             core.delete_namespaced_pod(pod["metadata"]["name"], NAMESPACE)
             if timer is not None:  # the next pod's Envoy binds the same ports: wait for these
                 wait_stopped(runtime, pod["metadata"]["name"])
@@ -279,7 +282,7 @@ def table(results: Sequence[Mapping[str, Any]]) -> str:
     for r in results:
         s = r["summary"]
         lines.append(
-            f"| {r['config']} | {'yes' if r['prepull'] else 'no'} | "
+            f"| {r['config']} | {r['prepull']} | "
             f"{s['not_ready_s']['mean']:.2f} / {s['not_ready_s']['p90']:.2f} / "
             f"{s['not_ready_s']['max']:.2f} | {s['new_slot_s']['mean']:.2f} | "
             f"{s['old_slot_s']['mean']:.2f} | {s['flips']['mean']:.1f} | "
@@ -298,13 +301,15 @@ def main() -> None:
                         help="fake: the standby's start to its /healthz/ready 200")
     parser.add_argument("--pull-s", type=float, default=0.0,
                         help="fake: the new image's pull, when not on the node")
-    parser.add_argument("--prepull", choices=("no", "yes", "both"), default="no")
+    parser.add_argument("--prepull", default="no",
+                        help="comma-separated: no, node (beforehand, as a DaemonSet would), "
+                             "meshctl (upgrade --pod --prepull)")
     parser.add_argument("--native-sidecars", action="store_true")
     parser.add_argument("--relist-s", type=float, default=1.0,
                         help="the kubelet's PLEG relist period (0: Evented PLEG, KEP-3386)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    prepulls = {"no": [False], "yes": [True], "both": [False, True]}[args.prepull]
+    prepulls = args.prepull.split(",")
     results = []
     for name in args.configs.split(","):
         for prepull in prepulls:

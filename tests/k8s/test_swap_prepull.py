@@ -46,7 +46,7 @@ def test_a_pulled_image_is_not_time_the_pod_is_not_ready(
     assert record["not_ready"]["not_ready_s"] < PULL_S  # the pull was before the restart
     pull = read_pod(core)["spec"]["ephemeralContainers"][0]
     assert pull["name"] == "meshctl-pull-1" and pull["image"] == PROXY_NEW
-    assert pull["command"] == ["meshctl", "--version"]
+    assert pull["command"] == ["meshctl", "version"]
     assert pull["securityContext"]["runAsNonRoot"] is True
 
 

@@ -23,7 +23,7 @@ def test_the_pull_container_runs_a_no_op_in_the_new_image_as_the_slot_would() ->
     pod = running_pod()
     swap = plan.plan_swap(plan.pod_view(pod), NEW)
     container = prepull.pull_container(pod, swap, "meshctl-pull-1")
-    assert container["image"] == NEW and container["command"] == ["meshctl", "--version"]
+    assert container["image"] == NEW and container["command"] == ["meshctl", "version"]
     assert container["securityContext"]["runAsUser"] == 1337
     assert "readinessProbe" not in container  # the API refuses probes in ephemeral containers
     assert prepull.pull_patch(pod, container) == [

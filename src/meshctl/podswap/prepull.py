@@ -1,6 +1,6 @@
 """The new image put on the pod's node before the two-slot swap restarts anything (`meshctl
 upgrade --pod --prepull`): a short-lived ephemeral container of the new image
-(`meshctl-pull-<N>`, running `meshctl --version`), which the kubelet can only start once the
+(`meshctl-pull-<N>`, running `meshctl version`), which the kubelet can only start once the
 image is pulled, and which no readiness rule counts. Pure: pods in, a container, a patch and
 progress out.
 
@@ -42,7 +42,7 @@ def pull_container(pod: Mapping[str, Any], swap: SwapPlan, name: str) -> dict[st
     context and pull policy (the namespace's Pod Security level applies to it too)."""
     template = _container(pod, swap.new_container)
     container: dict[str, Any] = {"name": name, "image": swap.to_image,
-                                 "command": ["meshctl", "--version"],
+                                 "command": ["meshctl", "version"],
                                  "terminationMessagePolicy": "FallbackToLogsOnError"}
     for key in ("securityContext", "imagePullPolicy"):
         if key in template:
