@@ -361,3 +361,30 @@ def pod(workdir: Path, envoy_new: Path) -> Iterator[tuple[Meshctl, Meshctl]]:
         leaks.append(f"shared memory left: {shm}")
         shm.unlink()
     assert not leaks, f"{leaks}\n{a.supervisor_log()[-2000:]}\n{b.supervisor_log()[-2000:]}"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts and never answers: an xDS server that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(server.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    server.close()
+    for conn in conns:
+        conn.close()

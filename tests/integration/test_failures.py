@@ -13,7 +13,6 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -53,33 +52,6 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         time.sleep(0.5)
         self.stats = self.load.stop()
-
-
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A TCP server that accepts and never answers: an xDS server that hangs."""
-    server = socket.create_server(("127.0.0.1", 0))
-    conns: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conns.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield int(server.getsockname()[1])
-    stop.set()
-    thread.join()
-    server.close()
-    for conn in conns:
-        conn.close()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ reliability.md, "Crashes refuse nothing"). Real Envoy, real client sockets, kill
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -462,3 +463,40 @@ def metrics_text(meshctl: Meshctl) -> str:
     with urllib.request.urlopen(f"http://{meshctl.status()['health']}/metrics",
                                 timeout=5) as resp:
         return str(resp.read().decode())
+
+
+# ----------------------------------------------------------------- a recovery after a late failure
+
+def test_a_recovery_takes_the_held_sockets_when_the_old_generation_closed_its_own(
+        meshctl: Meshctl, ports: Ports, workdir: Path, silent_server: int) -> None:
+    """Found by the chaos run (seed 5, kill_new): a new generation that fails after it made
+    the old one close its listeners leaves the held sockets the only ones; the recovery
+    generation (Trap 1) must take them, with the connections queued in them, not bind new
+    ones (which reset the queued ones when the hold follows). Here the old generation closes
+    its listeners through its admin API (/drain_listeners), then an upgrade to a config on
+    another port hangs in init until the ready timeout, and the recovery follows."""
+    config = envoy_config(workdir / "v1.yaml", ports)
+    meshctl.start("--drain-min-s", "0.2", "--drain-max-s", "5", "--stop-grace-s", "2",
+                  config=config)
+    other = Ports()
+    hangs = envoy_config(workdir / "hang.yaml", other, xds_hang=silent_server)
+    before = listening_inodes(ports.http)
+    load = LoadGen("127.0.0.1", ports.http, keepalive_workers=0, new_conn_workers=4,
+                   timeout_s=30).start()
+    time.sleep(0.5)
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{ports.admin}/drain_listeners", method="POST"), timeout=5).close()
+    done = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "3", "--wait",
+                       "-o", "json")
+    snap = meshctl.wait_for(lambda s: s["phase"] == "running", 30, "the recovery's end")
+    time.sleep(0.5)
+    stats = load.stop()
+
+    record = json.loads(done.stdout)
+    print({"traffic": stats.to_json(), "record": {k: record.get(k) for k in
+                                                  ("result", "recovery", "error")}})
+    assert (record["result"], record["recovery"]) == ("rolled_back", "recovered"), record
+    assert "relay bound at" in meshctl.supervisor_log()
+    assert stats.failed == 0 and stats.ok > 0, stats.to_json()  # the queued ones served
+    assert listening_inodes(ports.http) == before
+    assert snap["held_sockets"]["sockets"] == 2

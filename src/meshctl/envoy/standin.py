@@ -25,6 +25,14 @@ generation hot-restarts from it as from a parent, and it also answers what a sta
 so the restarted Envoy adopts the sockets, and the connections queued in them while no Envoy
 ran, instead of binding new ones.
 
+As a relay (`relay_to`: a second name of a live parent's own socket), it stands in front of a
+parent that is alive: it answers PassListenSocket from the hold and forwards every other
+request to the parent, which answers the child directly (a parent always replies to its
+child's fixed socket name). The recovery generation of Trap 1 hot-restarts through one: if the
+failed child had already made the parent close its listeners, the held sockets, and the
+connections queued in them, are what the recovery takes; the parent still drains and
+terminates as usual. Once the parent is gone, the relay answers as a stand-in.
+
 Wire format: `meshctl.envoy.hrwire`.
 """
 
@@ -64,11 +72,15 @@ class ParentStandIn:
     """Bound at `path` from `start()` until `close()`; answers in a background thread."""
 
     def __init__(self, path: Path, epoch: int, hold: SocketHold | None = None,
-                 start_time_s: int = 0) -> None:
+                 start_time_s: int = 0, relay_to: Path | None = None) -> None:
         self.path = path
         self.epoch = epoch
         self.hold = hold
         """Set when a generation restarts from this stand-in after a crash."""
+        self.relay_to = relay_to
+        """A live parent's socket (a hard link to it): everything but PassListenSocket goes
+        there while it answers."""
+        self.forwarded = 0
         self.start_time_s = start_time_s
         self.sockets_given = 0
         self.terminate_received = threading.Event()
@@ -100,7 +112,11 @@ class ParentStandIn:
         sock.settimeout(0.2)
         self._sock = sock
         self._thread.start()
-        log.info("stand-in bound at %s for ended generation %d", self.path, self.epoch)
+        if self.relay_to is not None:
+            log.info("relay bound at %s in front of generation %d (%d held socket(s))",
+                     self.path, self.epoch, len(self.hold) if self.hold is not None else 0)
+        else:
+            log.info("stand-in bound at %s for ended generation %d", self.path, self.epoch)
 
     def _serve(self) -> None:
         sock = self._sock
@@ -119,12 +135,14 @@ class ParentStandIn:
             if not sender:
                 continue
             try:
-                self._answer(sock, request, kind, sender)
+                self._answer(sock, request, kind, sender, frame)
             except OSError as exc:
                 log.warning("stand-in %d could not answer %s: %s", self.epoch, sender, exc)
 
     def _answer(self, sock: socket.socket, request: hrwire.Request | None, kind: int | None,
-                sender: str) -> None:
+                sender: str, frame: bytes = b"") -> None:
+        if self.relay_to is not None and frame and self._forward(sock, request, kind, frame):
+            return
         if kind == hrwire.Req.PASS_LISTEN_SOCKET and request is not None:
             if self.hold is not None and self.hold.send_fd(sock, request.address,
                                                            request.worker_index, sender):
@@ -151,12 +169,36 @@ class ParentStandIn:
         except FileNotFoundError:
             return False
 
+    def _forward(self, sock: socket.socket, request: hrwire.Request | None, kind: int | None,
+                 frame: bytes) -> bool:
+        """Relay mode: True when the live parent got the request (it answers the child)."""
+        assert self.relay_to is not None
+        if (kind == hrwire.Req.PASS_LISTEN_SOCKET and request is not None
+                and self.hold is not None
+                and self.hold.fd_for(request.address, request.worker_index) is not None):
+            return False  # ours to give: the held socket
+        try:
+            sock.sendto(frame, str(self.relay_to))
+        except OSError:
+            self.relay_to = None  # the parent is gone: a stand-in from now on
+            return False
+        self.forwarded += 1
+        return True
+
+    def parent_gone(self) -> None:
+        """Relay mode ends: the parent exited; from now on, a stand-in."""
+        link, self.relay_to = self.relay_to, None
+        if link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
         if self._sock is not None:
             self._sock.close()
+        self.parent_gone()
         # Unlink only if the path is still ours (a later generation may reuse the name).
         with contextlib.suppress(FileNotFoundError):
             if self._inode is not None and self.path.stat().st_ino == self._inode:

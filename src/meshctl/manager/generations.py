@@ -152,6 +152,9 @@ class Generations:
         if self.ledger is not None:
             self.ledger.record(gen.epoch, GenState.EXITED if gen.live_mono is not None
                                else GenState.FAILED, exit=gen.process.describe_exit())
+        relay = self.stand_ins.get(gen.epoch)
+        if relay is not None:
+            relay.parent_gone()  # it relayed to this generation, and answers itself now
         # A generation gone while its child lives: answer on its socket from now on, or the
         # child blocks on its next stats request and aborts at its parent-shutdown timer.
         if self.child_alive(gen) and gen.epoch not in self.stand_ins:
@@ -191,6 +194,33 @@ class Generations:
             log.error("epoch %d: stand-in could not bind (%s)", epoch, exc)
             return False
         self.stand_ins[epoch] = stand_in
+        return True
+
+    def bind_relay(self, parent: Generation, hold: SocketHold) -> bool:
+        """Before a recovery generation hot-restarts from `parent`: a relay on its socket that
+        gives the held sockets and forwards the rest (`ParentStandIn`, relay mode). False
+        when the parent's socket cannot be linked: the recovery then talks to it directly."""
+        path = self.files.parent_socket(parent.epoch)
+        link = path.with_name(path.name + ".r")
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        try:
+            os.link(path, link)  # a second name for the parent's own socket
+        except OSError as exc:
+            log.warning("epoch %d: no relay for the recovery (%s)", parent.epoch, exc)
+            return False
+        stale = self.stand_ins.pop(parent.epoch, None)
+        if stale is not None:
+            stale.close()
+        relay = ParentStandIn(path, parent.epoch, hold, relay_to=link)
+        try:
+            relay.start()
+        except OSError as exc:
+            log.error("epoch %d: relay could not bind (%s)", parent.epoch, exc)
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            return False
+        self.stand_ins[parent.epoch] = relay
         return True
 
     def end(self, gen: Generation, grace_s: float) -> None:

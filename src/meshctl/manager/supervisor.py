@@ -256,7 +256,8 @@ class Supervisor(PodSlotSteps):
         keep = {p for g in self.gens.alive() for p in self.files.sockets_of(g.epoch)}
         if oldest.epoch > 0 and self.gens.bind_stand_in_for(oldest.epoch - 1):
             keep.add(self.files.parent_socket(oldest.epoch - 1))
-        for path in self.files.all_sockets():
+        relays = self.files.socket_prefix.parent.glob(self.files.socket_prefix.name + "_*.r")
+        for path in [*self.files.all_sockets(), *relays]:
             if path not in keep and path.exists():
                 log.info("removing %s, left by the previous supervisor", path.name)
                 with contextlib.suppress(FileNotFoundError):

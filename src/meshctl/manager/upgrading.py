@@ -206,6 +206,12 @@ class UpgradeSteps:
         upgrade.gate, gate_yaml = self.guard.prepare(old, old.config, self.gens.next_epoch)
         if failed_gate is not None and upgrade.gate is not None:
             upgrade.gate.baseline = failed_gate.baseline  # read before the admin closed
+        # The failed child may have made the old generation close its listeners already
+        # (between its workers' start and LIVE): the held sockets, with the connections
+        # queued in them, are then the only ones left. The recovery takes them through a
+        # relay on the old generation's socket, and everything else from the old one.
+        if len(self.holding):
+            self.gens.bind_relay(old, self.holding.hold)
         self.gens.spawn(old.binary, old.config, upgrade.drain, config_yaml=gate_yaml)
         # A gated recovery waits for the same control plane as the failed generation: it gets
         # the upgrade's own ready timeout, so that a failed upgrade ends within twice that.
