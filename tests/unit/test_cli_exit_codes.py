@@ -138,6 +138,7 @@ TABLE: dict[tuple[str, str], tuple[list[str], int]] = {
     ("rollout", "--retry-failed"): ([*ROLLOUT, "--retry-failed=yes"], REFUSED),
     ("rollout", "--events"): ([*ROLLOUT, "--events", "sometimes"], REFUSED),
     ("rollout", "--force"): ([*ROLLOUT, "--force=yes"], REFUSED),
+    ("rollout", "--handover"): ([*ROLLOUT, "--handover", "sideways"], REFUSED),
     ("rollout", "--dry-run"): ([*ROLLOUT, "--dry-run=yes"], REFUSED),
     ("rollout", "--output"): ([*ROLLOUT, "--output", "yaml"], REFUSED),
     ("rollout", "--context"): ([*ROLLOUT, "--context"], REFUSED),

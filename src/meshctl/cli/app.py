@@ -25,7 +25,7 @@ from meshctl.cli import pod as pod_cli
 from meshctl.cli import rollout as rollout_cli
 from meshctl.cli.boundary import OneLineErrorsGroup, error_boundary
 from meshctl.cli.bounds import DAY_S, DRAIN_MAX, DRAIN_MIN, HOUR_S, STOP_GRACE, Bound, check_drain
-from meshctl.cli.pod import HANDOVER_HELP, Handover, check_slot
+from meshctl.cli.pod import HANDOVER_HELP, check_slot
 from meshctl.cli.settings_file import load_drain_policy
 from meshctl.drain.policy import DrainPolicy, DrainStrategy
 from meshctl.envoy.argv import check_extra_args
@@ -33,6 +33,7 @@ from meshctl.envoy.binary import check_config_file, check_executable, resolve_bi
 from meshctl.exitcodes import ExitCode
 from meshctl.manager import operations as client
 from meshctl.manager.settings import InitPriority
+from meshctl.podswap.layout import Handover
 
 app = typer.Typer(
     name="meshctl",

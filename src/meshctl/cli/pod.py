@@ -22,6 +22,7 @@ from meshctl import errors
 from meshctl.cli import output
 from meshctl.cli.bounds import DAY_S, Bound
 from meshctl.podswap import layout
+from meshctl.podswap.layout import Handover
 
 Command = Callable[..., Any]
 
@@ -32,15 +33,6 @@ class SlotName(enum.StrEnum):
 
     A = "a"
     B = "b"
-
-
-class Handover(enum.StrEnum):
-    """How `upgrade --pod` (and `rollout`) start the new image in a pod."""
-
-    TWO_SLOT = "two-slot"
-    """The standby slot's image is set; two containers restart (the pod may go NotReady)."""
-    EPHEMERAL = "ephemeral"
-    """A new ephemeral container; nothing restarts, the pod stays Ready (docs/pod-slots.md)."""
 
 
 HANDOVER_HELP = ("Pod mode: two-slot (default: the standby slot restarts on the new image, "

@@ -31,6 +31,7 @@ from meshctl import errors
 from meshctl.cli import output
 from meshctl.cli.boundary import error_boundary, usage_line
 from meshctl.cli.bounds import DAY_S, Bound
+from meshctl.podswap.layout import Handover
 from meshctl.rollout.plan import EventPolicy, RolloutEvent, RolloutExit
 from meshctl.rollout.record import PodPhase
 
@@ -138,6 +139,13 @@ def rollout(
         "--force", help="Swap a pod that is the only Ready pod of its controller although no "
                         "PodDisruptionBudget covers it (skipped otherwise). Budgets are "
                         "always respected.")] = False,
+    handover: Annotated[Handover, typer.Option(
+        "--handover", help="two-slot (the standby slot restarts on the new image, then the "
+                           "old slot on the standby image; budgets respected) or ephemeral "
+                           "(each pod's new image in a new ephemeral container: nothing "
+                           "restarts, the pods stay Ready, no budget is needed; two ephemeral "
+                           "containers per upgrade stay in each pod's spec).")
+    ] = Handover.TWO_SLOT,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan (batches, pods, patches); change nothing.")] = False,
     out: OutputOpt = output.Format.TEXT,
@@ -151,6 +159,8 @@ def rollout(
     Pods that are not Ready or lack the two proxy slots are skipped and reported.
     PodDisruptionBudgets are respected, whatever --max-parallel says.
     A pod whose budget allows no disruption waits, within --timeout (or --pod-timeout).
+    With --handover ephemeral nothing restarts and no budget is needed.
+    A pod in flight at --timeout or a signal is then not set back: the same command follows it.
 
     The state is kept in the pods (annotation meshctl.io/rollout).
     Run the same command again to continue after a pause, --timeout, a signal or a crash.
@@ -176,6 +186,9 @@ def rollout(
                               "(see --help)")
     if all_namespaces and namespace is not None:
         raise errors.BadInput("give either --namespace or --all-namespaces, not both")
+    if force and handover is Handover.EPHEMERAL:
+        raise errors.BadInput("--force does not apply with --handover ephemeral: it needs no "
+                              "disruption budget (the pods stay Ready)")
     from meshctl import kube  # noqa: PLC0415
     from meshctl.podswap import reference  # noqa: PLC0415
     from meshctl.rollout import plan as rollout_plan  # noqa: PLC0415
@@ -193,7 +206,7 @@ def rollout(
         spec = rollout_plan.RolloutSpec(
             image=image, selector=parsed, namespace=scope, max_parallel=max_parallel,
             canary=canary, max_failures=max_failures, pause_after_canary=pause_after_canary,
-            retry_failed=retry_failed)
+            retry_failed=retry_failed, handover=handover)
         # The ~10^5 objects of the imports (the client's models) live as long as the process:
         # out of the collector's way, so that a full collection walks only the rollout's own.
         gc.freeze()

@@ -1,7 +1,9 @@
 """The ephemeral handover, decided from a pod object (pure): which slot serves, the next
 ephemeral slot `e<N>`, its container (`meshctl-e<N>`), the check container that judges the
 handover (`meshctl-check-<N>`), the JSON patches of the `ephemeralcontainers` subresource, and
-how far each container has come.
+how far each container has come: where a handover stands (`follow`) and what its end means
+(`judge`), for `meshctl upgrade --pod` (`meshctl.podswap.ephemeral_swap`) and `meshctl rollout`
+(`meshctl.rollout.ephemeral_run`) alike.
 
 Why ephemeral containers: no readiness rule counts them and adding one restarts nothing, so
 the pod's Ready condition never flips (a two-slot swap restarts two containers). The cost:
@@ -11,6 +13,7 @@ the ephemeral handover").
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -18,12 +21,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from meshctl import errors
+from meshctl.exitcodes import ExitCode
 from meshctl.podswap import layout, plan, reference
 from meshctl.podswap.plan import JsonPatch, Outcome, Progress
 
 PREFIX = "meshctl-e"
 CHECK_PREFIX = "meshctl-check-"
 _NAMES = re.compile(r"meshctl-(?:e|check-)([1-9][0-9]{0,5})")
+_SLOT = re.compile(r"e([1-9][0-9]{0,5})")
 MAX_INDEX = 999_999
 """The slot names `meshctl run --slot` accepts (`meshctl.manager.pod`)."""
 COPIED = ("command", "env", "envFrom", "volumeMounts", "volumeDevices", "securityContext",
@@ -31,6 +36,11 @@ COPIED = ("command", "env", "envFrom", "volumeMounts", "volumeDevices", "securit
 """What an ephemeral slot takes from the regular slots' container: all an ephemeral container
 may have that the slot's supervisor needs (no ports, probes, resources or lifecycle: the
 API server refuses them in an ephemeral container)."""
+
+
+CHECK_START_S = 10.0
+"""Kept out of the check's own timeout, inside the handover's: the check container's start
+(its image is on the node already: the slot's container pulled it)."""
 
 
 def slot_name(index: int) -> str:
@@ -43,6 +53,80 @@ def container_name(index: int) -> str:
 
 def check_name(index: int) -> str:
     return f"{CHECK_PREFIX}{index}"
+
+
+def slot_index(slot: str) -> int | None:
+    """N of an ephemeral slot `e<N>`; None for anything else (a regular slot)."""
+    match = _SLOT.fullmatch(slot)
+    return int(match.group(1)) if match else None
+
+
+def check_timeout_s(remaining_s: float) -> float:
+    """The check's own `--timeout`: what is left of the handover's, less the check's start."""
+    return max(1.0, remaining_s - CHECK_START_S)
+
+
+class Stage(enum.Enum):
+    """Where a handover stands, read from the pod (`follow`): what to do next."""
+
+    NOT_ADDED = "not_added"
+    """The slot's container is not in the spec: add it."""
+    STARTING = "starting"
+    """Added; the kubelet has not run it yet (pulling, creating)."""
+    RUNNING = "running"
+    """It runs and no check was added: add the check."""
+    CHECKING = "checking"
+    """The check was added and has not exited."""
+    ENDED = "ended"
+    """There is a verdict (`judge` says which), or the slot ended before the check ran."""
+
+
+class HandoverEnd(enum.Enum):
+    """What a handover's last progress means."""
+
+    HANDED_OVER = "handed_over"
+    """The check exited 0: slot e<N> serves, every other slot's generation exited."""
+    ROLLED_BACK = "rolled_back"
+    """The new generation failed (the check's 8, or the slot ended first): the old slot
+    serves; nothing to undo."""
+    NOT_CONFIRMED = "not_confirmed"
+    """Not known: no verdict in time, or the check could not judge (its 10, or a crash)."""
+
+
+@dataclass(frozen=True)
+class Where:
+    stage: Stage
+    progress: Progress
+
+
+def follow(pod: Mapping[str, Any], plan_: EphemeralPlan) -> Where:
+    """Where the handover of `plan_` stands in this state of the pod (pure: both the single-pod
+    flow and the rollout, which may resume one a killed run left, read it here)."""
+    names = {c.get("name") for c in ephemeral_containers(pod)}
+    if plan_.container not in names:
+        return Where(Stage.NOT_ADDED, Progress(Outcome.WAITING,
+                                               f"{plan_.container} not added yet"))
+    if plan_.check_container not in names:
+        slot = slot_progress(pod, plan_)
+        stage = {Outcome.WAITING: Stage.STARTING, Outcome.DONE: Stage.RUNNING,
+                 Outcome.FAILED: Stage.ENDED}[slot.outcome]
+        return Where(stage, slot)
+    check = check_progress(pod, plan_)
+    return Where(Stage.CHECKING if check.outcome is Outcome.WAITING else Stage.ENDED, check)
+
+
+def judge(pod: Mapping[str, Any], plan_: EphemeralPlan, last: Progress) -> HandoverEnd:
+    """The handover's end from its last progress: a check that exited with another code than
+    0 or 8 (its own timeout, a crash) could not judge, so nothing is known."""
+    if last.outcome is Outcome.DONE:
+        return HandoverEnd.HANDED_OVER
+    if last.outcome is Outcome.WAITING:
+        return HandoverEnd.NOT_CONFIRMED
+    check = ephemeral_status(pod, plan_.check_container)
+    code = check.exit_code if check is not None else None
+    if code is not None and code != int(ExitCode.ROLLED_BACK):
+        return HandoverEnd.NOT_CONFIRMED
+    return HandoverEnd.ROLLED_BACK
 
 
 @dataclass(frozen=True)
@@ -135,6 +219,21 @@ def plan_ephemeral(pod: Mapping[str, Any], new_image: str) -> EphemeralPlan:
         namespace=view.namespace, pod=view.name, old_slot=old_slot, new_slot=slot_name(index),
         index=index, container=container_name(index), check_container=check_name(index),
         from_image=from_image, to_image=new_image, template=template.container)
+
+
+def resumed_plan(pod: Mapping[str, Any], slot: str, from_image: str,
+                 to_image: str) -> EphemeralPlan:
+    """The plan of a handover into `slot` (e<N>) that an earlier run started (a rollout's
+    record names it): the old slot is the one the annotations still name."""
+    index = slot_index(slot)
+    if index is None:
+        raise errors.PreflightFailed(f"{slot!r} is not an ephemeral slot")
+    view = plan.pod_view(pod)
+    return EphemeralPlan(
+        namespace=view.namespace, pod=view.name,
+        old_slot=view.annotations.get(layout.ACTIVE_SLOT) or "a", new_slot=slot, index=index,
+        container=container_name(index), check_container=check_name(index),
+        from_image=from_image, to_image=to_image, template=view.slots["a"].container)
 
 
 def next_index(pod: Mapping[str, Any]) -> int:

@@ -10,6 +10,8 @@ Inside the pod, the supervisor of slot e<N> hot-restarts from the live slot's ge
 old slot's supervisor drains and goes idle (a regular slot stays, an ephemeral one exits). No
 disruption budget is consulted: nothing here makes the pod or any container NotReady. The
 record, the Events and the Ready window are the two-slot swap's (`meshctl.podswap.swap`).
+Where the handover stands and what its end means are read by `meshctl.podswap.ephemeral`
+(`follow`, `judge`), as `meshctl rollout --handover ephemeral` reads them.
 """
 
 from __future__ import annotations
@@ -19,16 +21,11 @@ from typing import Any
 
 from meshctl.clock import Clock, Deadline, SystemClock
 from meshctl.errors import MeshctlError, PreflightFailed
-from meshctl.exitcodes import ExitCode
 from meshctl.kube import Conflict, Kube, NotFound
 from meshctl.podswap import ephemeral, layout, plan
 from meshctl.podswap.ephemeral import EphemeralPlan
 from meshctl.podswap.plan import Outcome, Progress
 from meshctl.podswap.swap import Report, SwapEnd, SwapResult, SwapSettings, _Run
-
-CHECK_START_S = 10.0
-"""Kept out of the check's own timeout, inside `--timeout`: the check container's start (its
-image is on the node already: the slot's container pulled it)."""
 
 
 def upgrade_pod_ephemeral(kube: Kube, namespace: str, name: str, image: str, *,
@@ -73,11 +70,11 @@ def _handover(run: _Run, eplan: EphemeralPlan) -> SwapResult:
     deadline = Deadline(run.clock, run.settings.timeout_s)
     # The first change: refused (RBAC, an old cluster), it leaves the pod as it was.
     eplan = _add_slot(run, eplan)
-    slot = _wait(run, lambda pod: ephemeral.slot_progress(pod, eplan), deadline)
+    slot = _wait(run, lambda pod: ephemeral.follow(pod, eplan).progress, deadline)
     if slot.outcome is not Outcome.DONE:
-        return _failed(run, eplan, slot, started=False)
+        return _failed(run, eplan, slot)
     run.step("slot_running", slot.detail, "EphemeralSlotRunning")
-    check_s = max(1.0, deadline.remaining() - CHECK_START_S)
+    check_s = ephemeral.check_timeout_s(deadline.remaining())
     run.pod = run.kube.add_ephemeral_container(
         run.namespace, run.name,
         ephemeral.add_patch(run.pod, ephemeral.check_container(run.pod, eplan, check_s)))
@@ -86,7 +83,7 @@ def _handover(run: _Run, eplan: EphemeralPlan) -> SwapResult:
     verdict = _wait(run, lambda pod: ephemeral.check_progress(pod, eplan),
                     Deadline(run.clock, max(deadline.remaining(), check_s + 1.0)))
     if verdict.outcome is not Outcome.DONE:
-        return _failed(run, eplan, verdict, started=True)
+        return _failed(run, eplan, verdict)
     _annotate(run, {**ephemeral.switched_annotations(eplan),
                     layout.LAST_UPGRADE: ephemeral.last_upgrade(eplan, SwapEnd.SUCCEEDED,
                                                                 run.now_iso())})
@@ -139,10 +136,11 @@ def _wait(run: _Run, progress_of: Callable[[dict[str, Any]], Progress],
     return last
 
 
-def _failed(run: _Run, eplan: EphemeralPlan, last: Progress, *, started: bool) -> SwapResult:
-    """FAILED: the new slot never served (its container ended, or the check says its
+def _failed(run: _Run, eplan: EphemeralPlan, last: Progress) -> SwapResult:
+    """ROLLED_BACK: the new slot never served (its container ended, or the check says its
     generation failed): the old slot serves, nothing to undo (an ephemeral container cannot be
-    removed; it has exited). WAITING at the deadline: not known yet; reported incomplete."""
+    removed; it has exited). Not known yet at the deadline, or not judged: incomplete."""
+    end = ephemeral.judge(run.pod, eplan, last)
     if last.outcome is Outcome.WAITING:
         detail = (f"slot {eplan.new_slot} not confirmed within "
                   f"{run.settings.timeout_s:g}s: {last.detail}")
@@ -150,8 +148,7 @@ def _failed(run: _Run, eplan: EphemeralPlan, last: Progress, *, started: bool) -
             eplan, SwapEnd.INCOMPLETE, run.now_iso(), detail)})
         run.step("not_confirmed", detail, "HandoverNotConfirmed", warning=True)
         return run.finish(SwapEnd.INCOMPLETE, detail)
-    verdict_code = _exit_code(run.pod, eplan.check_container)
-    if started and verdict_code not in (None, int(ExitCode.ROLLED_BACK)):
+    if end is ephemeral.HandoverEnd.NOT_CONFIRMED:
         detail = f"the handover check could not judge: {last.detail}"
         run.step("not_confirmed", detail, "HandoverNotConfirmed", warning=True)
         return run.finish(SwapEnd.INCOMPLETE, detail)
@@ -161,11 +158,6 @@ def _failed(run: _Run, eplan: EphemeralPlan, last: Progress, *, started: bool) -
         eplan, SwapEnd.ROLLED_BACK, run.now_iso(), last.detail)})
     run.step("rolled_back", detail, "RolledBack", warning=True)
     return run.finish(SwapEnd.ROLLED_BACK, last.detail)
-
-
-def _exit_code(pod: dict[str, Any], container: str) -> int | None:
-    status = ephemeral.ephemeral_status(pod, container)
-    return status.exit_code if status is not None else None
 
 
 def _annotate(run: _Run, changes: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ Everything here is a constant or a pure function: change the contract here, nowh
 
 from __future__ import annotations
 
+import enum
 from typing import Final, Literal
 
 Slot = Literal["a", "b"]
@@ -27,6 +28,16 @@ READY_PATH: Final = "/healthz/ready"
 LIVE_PATH: Final = "/healthz/live"
 RUN_AS_USER: Final = 1337
 """Both slots run as one user (Istio's proxy uid), so either can use the other's sockets."""
+
+
+class Handover(enum.StrEnum):
+    """How `upgrade --pod` and `rollout` start the new image in a pod."""
+
+    TWO_SLOT = "two-slot"
+    """The standby slot's image is set; two containers restart (the pod may go NotReady)."""
+    EPHEMERAL = "ephemeral"
+    """A new ephemeral container; nothing restarts, the pod stays Ready (docs/pod-slots.md)."""
+
 
 DEFAULT_STANDBY_IMAGE: Final = "ghcr.io/meshctl/standby:0.1.0"
 

@@ -151,4 +151,5 @@ def _upgrading(pod: dict[str, object]) -> bool:
     metadata = pod.get("metadata")
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
     record = decode(annotations) if isinstance(annotations, dict) else None
-    return record is not None and record.state is PodPhase.UPGRADING
+    # A handover to an ephemeral slot left `upgrading` restarts nothing: not disrupted.
+    return record is not None and record.state is PodPhase.UPGRADING and not record.ephemeral

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshctl import errors
-from meshctl.podswap import layout, plan, reference
+from meshctl.podswap import ephemeral, layout, plan, reference
+from meshctl.podswap.ephemeral import EphemeralPlan
+from meshctl.podswap.layout import Handover
 from meshctl.podswap.plan import JsonPatch, Outcome, SwapPlan
 from meshctl.rollout.record import (
     ROLLOUT,
@@ -126,6 +128,9 @@ class RolloutSpec:
     pause_after_canary: bool = False
     retry_failed: bool = False
     """Start again the pods an earlier run of this rollout rolled back."""
+    handover: Handover = Handover.TWO_SLOT
+    """How each pod gets the image. Not part of the id: a pod left mid-handover is followed
+    the way its record says (slot a/b: two-slot, e<N>: ephemeral), whatever this says."""
 
     def __post_init__(self) -> None:
         reference.parse(self.image)
@@ -147,7 +152,7 @@ class RolloutSpec:
                 "namespace": self.namespace, "max_parallel": self.max_parallel,
                 "canary": self.canary, "max_failures": self.max_failures,
                 "pause_after_canary": self.pause_after_canary,
-                "retry_failed": self.retry_failed}
+                "retry_failed": self.retry_failed, "handover": self.handover.value}
 
 
 class EventPolicy(enum.Enum):
@@ -186,9 +191,13 @@ class RolloutSettings:
 @dataclass(frozen=True)
 class Target:
     key: PodKey
-    swap: SwapPlan
+    swap: SwapPlan | None = None
+    """The two-slot swap; None for an ephemeral handover."""
     resumed: bool = False
-    """Left mid-swap by an earlier run: the new image is in the standby slot already."""
+    """Left mid-swap by an earlier run: the new image is in the standby slot already (or in
+    its ephemeral slot, added or not yet)."""
+    handover: EphemeralPlan | None = None
+    """The ephemeral handover (`--handover ephemeral`); None for two-slot."""
 
 
 @dataclass(frozen=True)
@@ -343,9 +352,14 @@ def classify(pod: Mapping[str, Any], spec: RolloutSpec) -> Target | Already | Sk
                         f"left mid-swap by rollout {record.id} (to {record.image}); run that "
                         f"rollout again to finish it")
         try:
+            if record.ephemeral:
+                return Target(key, resumed=True, handover=ephemeral.resumed_plan(
+                    pod, record.slot, record.from_image, record.image))
             return Target(key, resume_plan(view, record), resumed=True)
         except errors.PreflightFailed as exc:
             return Skip(key, SkipReason.PREFLIGHT, _without_label(str(exc), key))
+    if spec.handover is Handover.EPHEMERAL:
+        return _classify_ephemeral(pod, spec, record)
     try:
         live, _ = plan.live_and_standby(view)
     except errors.PreflightFailed as exc:
@@ -366,6 +380,29 @@ def classify(pod: Mapping[str, Any], spec: RolloutSpec) -> Target | Already | Sk
     return Target(key, swap)
 
 
+def _classify_ephemeral(pod: Mapping[str, Any], spec: RolloutSpec,
+                        record: RolloutRecord | None) -> Target | Already | Skip:
+    """`classify` for `--handover ephemeral`: the serving slot may be a, b or e<N>."""
+    key = key_of(pod)
+    ours = record is not None and record.id == spec.id
+    try:
+        handover = ephemeral.plan_ephemeral(pod, spec.image)
+    except errors.PreflightFailed as exc:
+        if not is_ready(pod):
+            return Skip(key, SkipReason.NOT_READY, "not Ready")
+        return Skip(key, SkipReason.PREFLIGHT, _without_label(str(exc), key))
+    if handover.unchanged:
+        return Already(key, by_this_rollout=ours)
+    if ours and record is not None and record.state is PodPhase.ROLLED_BACK \
+            and not spec.retry_failed:
+        return Skip(key, SkipReason.FAILED_EARLIER,
+                    f"rolled back by an earlier run ({record.reason or 'no reason recorded'}); "
+                    f"--retry-failed starts it again")
+    if not is_ready(pod):
+        return Skip(key, SkipReason.NOT_READY, "not Ready")
+    return Target(key, handover=handover)
+
+
 def has_slots(pod: Mapping[str, Any]) -> bool:
     spec = pod.get("spec") or {}
     names = {layout.container_name(s) for s in layout.SLOTS}
@@ -380,8 +417,9 @@ def is_ready(pod: Mapping[str, Any]) -> bool:
 
 def resume_plan(view: plan.PodView, record: RolloutRecord) -> SwapPlan:
     """The swap an earlier run started (its record says which slot got which image)."""
-    new = view.slots[record.slot]
-    old = view.slots[layout.other(record.slot)]
+    slot: layout.Slot = "a" if record.slot == "a" else "b"
+    new = view.slots[slot]
+    old = view.slots[layout.other(slot)]
     if new.image != record.image or old.image != record.from_image:
         raise errors.PreflightFailed(
             f"{view.label} was left mid-swap by this rollout, but its slots changed since "

@@ -8,6 +8,10 @@ disagree):
      "from": "<image before>", "cid": "<standby container before>", "canary": true,
      "time": "<RFC 3339>", "reason": "..."}
 
+With `--handover ephemeral` the slot is the ephemeral slot `e<N>` and the record also names
+the check container whose exit code judges the handover (`"check": "meshctl-check-<N>"`);
+`cid` is null (no container is replaced).
+
 The id is derived from what the command asks (scope, selector, image), so running the same
 command again finds its own records and continues: pods already on the image are done, pods
 left mid-swap by a CLI that died are followed to the end, pods rolled back earlier count as
@@ -27,8 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import NotRequired, TypedDict
 
-from meshctl.podswap import layout
-from meshctl.podswap.layout import Slot
+from meshctl.podswap import ephemeral, layout
 
 ROLLOUT: str = "meshctl.io/rollout"
 """The annotation holding a pod's rollout record (compact JSON)."""
@@ -67,8 +70,11 @@ class PodPhase(enum.Enum):
 TRANSITIONS: Mapping[PodPhase, frozenset[PodPhase]] = {
     PodPhase.PENDING: frozenset({PodPhase.UPGRADING, PodPhase.SKIPPED, PodPhase.FAILED,
                                  PodPhase.ALREADY_UPGRADED, PodPhase.GONE}),
+    # UPGRADING -> UPGRADED, INCOMPLETE: the ephemeral handover, where no old slot is retired
+    # (the check's verdict ends it), and a verdict not known in time is incomplete.
     PodPhase.UPGRADING: frozenset({PodPhase.RETIRING, PodPhase.ROLLED_BACK,
-                                   PodPhase.INTERRUPTED, PodPhase.FAILED, PodPhase.GONE}),
+                                   PodPhase.INTERRUPTED, PodPhase.FAILED, PodPhase.GONE,
+                                   PodPhase.UPGRADED, PodPhase.INCOMPLETE}),
     PodPhase.RETIRING: frozenset({PodPhase.UPGRADED, PodPhase.INCOMPLETE, PodPhase.GONE}),
     PodPhase.UPGRADED: frozenset(),
     PodPhase.ALREADY_UPGRADED: frozenset(),
@@ -101,7 +107,7 @@ def transition(current: PodPhase, new: PodPhase) -> PodPhase:
 
 RecordJson = TypedDict("RecordJson", {
     "id": str, "image": str, "state": str, "slot": str, "from": str, "cid": str | None,
-    "canary": bool, "time": str, "reason": NotRequired[str],
+    "canary": bool, "time": str, "reason": NotRequired[str], "check": NotRequired[str],
 })
 """The record as the annotation holds it (compact JSON; `from` is a Python keyword, hence
 this form)."""
@@ -114,8 +120,8 @@ class RolloutRecord:
     id: str
     image: str
     state: PodPhase
-    slot: Slot
-    """The slot the new image went into."""
+    slot: str
+    """The slot the new image went into: a, b, or an ephemeral slot e<N>."""
     from_image: str
     """The image the other slot served before."""
     container_id: str | None
@@ -123,6 +129,12 @@ class RolloutRecord:
     canary: bool
     time: str
     reason: str | None = None
+    check: str | None = None
+    """The ephemeral handover's check container (meshctl-check-<N>); None for two-slot."""
+
+    @property
+    def ephemeral(self) -> bool:
+        return ephemeral.slot_index(self.slot) is not None
 
     def to_json(self) -> RecordJson:
         record: RecordJson = {"id": self.id, "image": self.image, "state": self.state.value,
@@ -131,20 +143,26 @@ class RolloutRecord:
                               "time": self.time}
         if self.reason:
             record["reason"] = self.reason[:300]
+        if self.check:
+            record["check"] = self.check
         return record
 
     @classmethod
     def from_json(cls, raw: RecordJson) -> RolloutRecord | None:
         """The record, or None when it holds a state or slot this version cannot read."""
         state = PodPhase(raw["state"])
-        slot = raw["slot"]
-        if state not in PERSISTED or slot not in layout.SLOTS:
+        slot = str(raw["slot"])
+        index = ephemeral.slot_index(slot)
+        check = raw.get("check")
+        if state not in PERSISTED or (slot not in layout.SLOTS and index is None):
             return None
+        if index is not None and check != ephemeral.check_name(index):
+            return None  # an ephemeral slot is judged by its own check container only
         cid = raw.get("cid")
         return cls(id=str(raw["id"]), image=str(raw["image"]), state=state, slot=slot,
                    from_image=str(raw["from"]), container_id=str(cid) if cid else None,
                    canary=bool(raw.get("canary")), time=str(raw.get("time") or ""),
-                   reason=raw.get("reason"))
+                   reason=raw.get("reason"), check=check)
 
     def encode(self) -> str:
         """The annotation's value."""

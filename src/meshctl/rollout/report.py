@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
 from meshctl.clock import Deadline
+from meshctl.podswap.ephemeral import EphemeralPlan
 from meshctl.podswap.plan import SwapPlan
 from meshctl.podswap.readiness import NotReadyJson, ReadyWindow
 from meshctl.rollout import plan as rp
@@ -38,6 +39,11 @@ class PodResultJson(TypedDict):
     """How long a disruption budget held its start."""
     not_ready: NotRequired[NotReadyJson]
     """The pod's Ready condition through its swap (`meshctl.podswap.readiness`)."""
+    handover: NotRequired[str]
+    """"ephemeral" when the new image went into an ephemeral slot (absent: two-slot)."""
+    serving_slot: NotRequired[str]
+    """The slot that serves at the end, when known: the new one if upgraded, the old one if
+    rolled back."""
 
 
 class BatchJson(TypedDict):
@@ -88,6 +94,9 @@ class PodRun:
     canary: bool = False
     resumed: bool = False
     swap: SwapPlan | None = None
+    handover: EphemeralPlan | None = None
+    """The ephemeral handover (`--handover ephemeral`, or a pod left mid-handover); when set,
+    `swap` is None."""
     record: RolloutRecord | None = None
     generation: int | None = None
     deadline: Deadline | None = None
@@ -106,7 +115,7 @@ class PodRun:
     """The pod's Ready condition from its start patch on (None: not started)."""
 
     def to_dict(self) -> PodResultJson:
-        swap = self.swap
+        swap = self.swap or self.handover
         record: PodResultJson = {
             "namespace": self.key[0], "pod": self.key[1], "result": self.phase.value,
             "batch": self.batch, "canary": self.canary, "api_requests": self.requests,
@@ -127,6 +136,11 @@ class PodRun:
             record["budget_wait_s"] = round(self.held_s, 3)
         if self.readiness is not None:
             record["not_ready"] = self.readiness.to_json(self.ended_s)
+        if self.handover is not None:
+            record["handover"] = "ephemeral"
+        if swap is not None and self.phase in (PodPhase.UPGRADED, PodPhase.ROLLED_BACK):
+            record["serving_slot"] = (swap.new_slot if self.phase is PodPhase.UPGRADED
+                                      else swap.old_slot)
         return record
 
 

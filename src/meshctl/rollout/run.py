@@ -23,6 +23,10 @@ starts them again); pods already handing over finish on their own.
 
 The state lives in the pods (`meshctl.rollout.record`): running the same command again
 continues where the last run stopped, whatever stopped it.
+
+With `--handover ephemeral` (and for a pod an earlier run left mid-handover to an ephemeral
+slot) each pod's steps are `meshctl.rollout.ephemeral_run`'s; the batches, the watch, the
+deadlines, the stop rules and the summary stay here.
 """
 
 from __future__ import annotations
@@ -50,8 +54,13 @@ from meshctl.kube import (
 )
 from meshctl.podswap import disruption, plan
 from meshctl.podswap.budget import Check, Verdict
+from meshctl.podswap.ephemeral import EphemeralPlan
+from meshctl.podswap.layout import Handover
+from meshctl.podswap.plan import SwapPlan
 from meshctl.podswap.readiness import ReadyWindow
+from meshctl.rollout import ephemeral as eph
 from meshctl.rollout import plan as rp
+from meshctl.rollout.ephemeral_run import EphemeralHandovers
 from meshctl.rollout.gate import Gate, Held, numbers
 from meshctl.rollout.plan import (
     Action,
@@ -68,6 +77,7 @@ from meshctl.rollout.plan import (
 from meshctl.rollout.record import (
     FAILURES,
     PodPhase,
+    RolloutRecord,
     decode,
     transition,
 )
@@ -149,6 +159,7 @@ class _Rollout:
         self.aborted: str | None = None
         self.gate = Gate(kube, clock, force=settings.force)
         self.held: dict[PodKey, Held] = {}
+        self.ephemeral = EphemeralHandovers(self)
 
     # ------------------------------------------------------------------ the run
 
@@ -194,7 +205,7 @@ class _Rollout:
         """Every selected pod gets its run, in order."""
         for target in selection.targets:
             self.runs[target.key] = PodRun(target.key, PodPhase.PENDING, swap=target.swap,
-                                           resumed=target.resumed,
+                                           handover=target.handover, resumed=target.resumed,
                                            planned_version=_version(self.latest[target.key]))
         for done in selection.already:
             self.runs[done.key] = PodRun(
@@ -280,9 +291,15 @@ class _Rollout:
         """Start the batch's pods not started yet, as far as their disruption budgets allow
         now (a fresh read of the budgets and the pods: `rollout.gate`); hold the others."""
         pending = [self.runs[k] for k in batch.pods if self.runs[k].phase is PodPhase.PENDING]
+        if self.spec.handover is Handover.EPHEMERAL:
+            # No budget is asked and none taken: an ephemeral handover restarts nothing, the
+            # pod stays Ready, so it is no disruption (`meshctl.rollout.ephemeral_run`).
+            for run in pending:
+                self._start(run)
+            return
         if not pending:
             return
-        mid_swap = {k for k, r in self.runs.items() if r.phase in _IN_FLIGHT}
+        mid_swap = self._disrupted()
         owners = disruption.has_controller(self.latest[r.key] for r in pending
                                            if r.key in self.latest)
         checks = self.gate.admit([r.key for r in pending], mid_swap, owners=owners)
@@ -297,7 +314,12 @@ class _Rollout:
                 self._skip(run, rp.SkipReason.ONLY_READY, check.reason)
             else:
                 self._hold(run, check)
-        self.gate.started({k for k, r in self.runs.items() if r.phase in _IN_FLIGHT})
+        self.gate.started(self._disrupted())
+
+    def _disrupted(self) -> set[PodKey]:
+        """This rollout's pods mid-swap as budgets count them: a pod mid-handover to an
+        ephemeral slot is not disrupted (nothing restarts), so it takes no budget's room."""
+        return {k for k, r in self.runs.items() if r.phase in _IN_FLIGHT and r.handover is None}
 
     def _hold(self, run: PodRun, check: Check) -> None:
         """A budget holds the pod: an event when it starts waiting or the numbers change;
@@ -333,7 +355,7 @@ class _Rollout:
                 run.detail = f"not started ({self._stop_reason()}): {state.reason}"
 
     def _mid_swap_count(self) -> int:
-        return sum(1 for r in self.runs.values() if r.phase in _IN_FLIGHT)
+        return len(self._disrupted())
 
     def _wait_s(self, runs: Iterable[PodRun]) -> float:
         wait = TICK_S
@@ -365,11 +387,8 @@ class _Rollout:
             if isinstance(outcome, rp.Skip):
                 self._skip(run, outcome.reason, outcome.detail)
                 return
-            swap = outcome.swap
-            record = rp.record_for(swap, self.spec, canary=run.canary, time=self._now_iso())
-            ops = rp.start_ops(pod, swap, record)
             try:
-                pod = self._request(run, functools.partial(self.kube.patch_pod, ns, name, ops))
+                pod, record = self._start_patch(run, outcome, pod)
             except Conflict:
                 # Changed between our read and our write: read it again, plan again.
                 pod = self._request(run, functools.partial(self.kube.get_pod, ns, name))
@@ -390,7 +409,8 @@ class _Rollout:
             self.changed += 1
             self.latest[run.key] = pod
             generation = (pod.get("metadata") or {}).get("generation")
-            run.swap, run.record = swap, record
+            run.swap, run.handover = outcome.swap, outcome.handover
+            run.record = record or run.record
             run.generation = int(generation) if generation is not None else None
             run.started_s = self.clock.monotonic()
             run.readiness = ReadyWindow(self.clock)
@@ -398,15 +418,28 @@ class _Rollout:
             run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
             self._set(run, PodPhase.UPGRADING, "waiting for the kubelet")
             self._emit(RolloutEvent.POD_STARTED, run)
+            if run.handover is not None:
+                self.ephemeral.on_pod(run, pod)
             return
         self._skip(run, rp.SkipReason.CHANGED,
                    f"kept changing while starting ({self.settings.start_attempts} tries)")
+
+    def _start_patch(self, run: PodRun, target: rp.Target,
+                     pod: dict[str, Any]) -> tuple[dict[str, Any], RolloutRecord | None]:
+        """The pod after its start; the record written (the ephemeral one is the run's)."""
+        if target.handover is not None:
+            return self.ephemeral.start(run, target.handover, pod), None
+        assert target.swap is not None
+        record = rp.record_for(target.swap, self.spec, canary=run.canary, time=self._now_iso())
+        ops = rp.start_ops(pod, target.swap, record)
+        return self._request(run, functools.partial(self.kube.patch_pod, *run.key, ops)), record
 
     def _resume(self, run: PodRun) -> None:
         """A pod an earlier run left mid-swap: its new image is in place; follow it."""
         pod = self.latest[run.key]
         run.record = decode((pod.get("metadata") or {}).get("annotations"))
-        if run.record is None or run.swap is None:  # pragma: no cover  (selection checked)
+        if run.record is None or (run.swap is None
+                                  and run.handover is None):  # pragma: no cover  (selected)
             self._skip(run, rp.SkipReason.CHANGED, "its rollout record is gone")
             return
         run.started_s = self.clock.monotonic()
@@ -414,6 +447,10 @@ class _Rollout:
         run.deadline = Deadline(self.clock, self.settings.pod_timeout_s)
         self._set(run, PodPhase.UPGRADING, "resumed: waiting for the new slot")
         self._emit(RolloutEvent.POD_STARTED, run, resumed=True)
+        if run.handover is not None:
+            run.readiness.observe(pod)
+            self.ephemeral.resume(run, pod)
+            return
         self._decide(run, pod)
 
     def _on_event(self, event: PodEvent) -> None:
@@ -437,9 +474,12 @@ class _Rollout:
             self.latest[event.key] = event.pod
 
     def _decide(self, run: PodRun, pod: dict[str, Any]) -> None:
-        assert run.swap is not None
         if run.readiness is not None:
             run.readiness.observe(pod)  # every state, before our write or after
+        if run.handover is not None:
+            self.ephemeral.on_pod(run, pod)
+            return
+        assert run.swap is not None
         try:
             view = plan.pod_view(pod)
             if rp.before_our_write(view, run.phase, run.swap):
@@ -551,7 +591,9 @@ class _Rollout:
         for run in runs:
             if run.deadline is None or not run.deadline.expired():
                 continue
-            if run.phase is PodPhase.UPGRADING:
+            if run.handover is not None and run.phase is PodPhase.UPGRADING:
+                self.ephemeral.deadline(run)
+            elif run.phase is PodPhase.UPGRADING:
                 assert run.swap is not None
                 self._roll_back(run, f"slot {run.swap.new_slot} ({run.swap.new_container}) "
                                      f"not ready within {self.settings.pod_timeout_s:g}s: "
@@ -565,7 +607,9 @@ class _Rollout:
         """Stop now: pods not ready yet are set back (resumable); handing over ones finish on
         their own (their record already says upgraded)."""
         for run in self.runs.values():
-            if run.phase is PodPhase.UPGRADING:
+            if run.handover is not None and run.phase is PodPhase.UPGRADING:
+                self.ephemeral.interrupt(run, reason)
+            elif run.phase is PodPhase.UPGRADING:
                 self._roll_back(run, reason, interrupted=True)
             elif run.phase is PodPhase.RETIRING:
                 self._end(run, PodPhase.UPGRADED,
@@ -695,10 +739,12 @@ class _Rollout:
             event["of"] = len(self.batches)
         if run.canary:
             event["canary"] = True
-        if (run.swap is not None and name is not RolloutEvent.POD_SKIPPED
-                and not extra.get("already")):
-            event.update({"from_image": run.swap.from_image, "to_image": run.swap.to_image,
-                          "slot": run.swap.new_slot})
+        swap = run.swap or run.handover
+        if swap is not None and name is not RolloutEvent.POD_SKIPPED and not extra.get("already"):
+            event.update({"from_image": swap.from_image, "to_image": swap.to_image,
+                          "slot": swap.new_slot})
+            if run.handover is not None:
+                event["handover"] = Handover.EPHEMERAL.value
         if run.ended_s is not None and run.started_s is not None:
             event["duration_s"] = round(run.ended_s - run.started_s, 3)
         if name is not RolloutEvent.POD_SKIPPED and run.requests:
@@ -727,16 +773,27 @@ class _Rollout:
         where = {k: b.index for b in self.batches for k in b.pods}
         pods: list[dict[str, Any]] = []
         for target in selection.targets:
-            pod, swap = self.latest[target.key], target.swap
-            record = (decode((pod.get("metadata") or {}).get("annotations")) if target.resumed
-                      else None) or rp.record_for(swap, self.spec,
-                                                  canary=target.key in canary, time=time_iso)
-            patches: dict[str, Any] = {}
-            if not target.resumed:
-                patches["start"] = rp.start_ops(pod, swap, record)
-            patches["retire"] = rp.retire_ops(pod, swap, record, time_iso, guard=False)
-            patches["rollback"] = rp.rollback_ops(pod, swap, record, time_iso,
-                                                  "(the reason)")
+            pod = self.latest[target.key]
+            resumed = (decode((pod.get("metadata") or {}).get("annotations")) if target.resumed
+                       else None)
+            patches: dict[str, Any]
+            swap: SwapPlan | EphemeralPlan
+            if target.handover is not None:
+                swap = target.handover
+                patches = eph.dry_run_patches(pod, swap, resumed or eph.record_for(
+                    swap, self.spec, canary=target.key in canary, time=time_iso),
+                    time_iso, self.settings.pod_timeout_s, resumed=target.resumed)
+            else:
+                assert target.swap is not None
+                swap = target.swap
+                record = resumed or rp.record_for(swap, self.spec, canary=target.key in canary,
+                                                  time=time_iso)
+                patches = {}
+                if not target.resumed:
+                    patches["start"] = rp.start_ops(pod, swap, record)
+                patches["retire"] = rp.retire_ops(pod, swap, record, time_iso, guard=False)
+                patches["rollback"] = rp.rollback_ops(pod, swap, record, time_iso,
+                                                      "(the reason)")
             pods.append({"namespace": target.key[0], "pod": target.key[1],
                          "batch": where.get(target.key), "canary": target.key in canary,
                          "resumed": target.resumed, "from_image": swap.from_image,
