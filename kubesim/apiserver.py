@@ -51,6 +51,8 @@ class Fault:
     """True: only watch requests; False: only the others; None: both."""
     spare_agents: tuple[str, ...] = ()
     """User agents it does not answer (e.g. the fake kubelet's)."""
+    subresource: str | None = None
+    """Only requests to this subresource (e.g. `ephemeralcontainers`); None: any, or none."""
 
     def matches(self, request: kmock.Request) -> bool:
         method = str(getattr(request.method, "value", request.method))
@@ -59,6 +61,7 @@ class Fault:
                 and request.resource is not None and request.resource.plural == self.resource
                 and (self.name is None or request.name == self.name)
                 and (self.watch is None or self.watch == is_watch)
+                and (self.subresource is None or request.subresource == self.subresource)
                 and request.headers.get("User-Agent", "") not in self.spare_agents)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubesim.apiserver import ApiServer, LeanApiServer
+from kubesim.apiserver import ApiServer, Fault, LeanApiServer
 from kubesim.kubelet import FakeImage, FakeKubelet
 from typer.testing import Result
 
@@ -246,3 +246,18 @@ def test_a_dry_run_prints_each_pod_s_record_containers_and_verdict_patches_only(
     assert first["patches"]["check"]["command"] == ["meshctl", "pod-check"]
     assert {r.method for r in from_meshctl(api)} == {"GET"}
     assert all("ephemeralContainers" not in read_pod(core, n)["spec"] for n in fleet)
+
+
+def test_no_permission_to_add_ephemeral_containers_is_refused_and_leaves_the_pods_as_they_were(
+        meshctl: Invoke, api: ApiServer, core: k8s.CoreV1Api, fleet: list[str]) -> None:
+    before = {name: read_pod(core, name)["metadata"]["annotations"] for name in fleet}
+    api.add_fault(Fault("PATCH", "pods", 403, subresource="ephemeralcontainers", times=-1))
+    result = rollout(meshctl)
+
+    assert result.exit_code == 3, result.output
+    assert "pods/ephemeralcontainers" in result.stderr
+    assert "Traceback" not in result.output
+    for name in fleet:  # the record written before the add was undone
+        pod = read_pod(core, name)
+        assert pod["metadata"]["annotations"] == before[name]
+        assert ephemeral_names(pod) == []

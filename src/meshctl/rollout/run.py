@@ -54,12 +54,10 @@ from meshctl.kube import (
 )
 from meshctl.podswap import disruption, plan
 from meshctl.podswap.budget import Check, Verdict
-from meshctl.podswap.ephemeral import EphemeralPlan
 from meshctl.podswap.layout import Handover
-from meshctl.podswap.plan import SwapPlan
 from meshctl.podswap.readiness import ReadyWindow
-from meshctl.rollout import ephemeral as eph
 from meshctl.rollout import plan as rp
+from meshctl.rollout.dry_run import dry_run_plan
 from meshctl.rollout.ephemeral_run import EphemeralHandovers
 from meshctl.rollout.gate import Gate, Held, numbers
 from meshctl.rollout.plan import (
@@ -178,7 +176,9 @@ class _Rollout:
         self._announce(selection, dry_run=dry_run)
         if dry_run:
             return self._report(RolloutResult.DRY_RUN, "dry run: nothing changed",
-                                plan=self._dry_run_plan(selection))
+                                plan=dry_run_plan(selection, self.batches, self.latest,
+                                                  self.spec, self.settings,
+                                                  self._now_iso()))
         rule = rp.before_start(self._counts(), spec)
         if rule.result is not None or not self.batches:
             return self._finish(rule)
@@ -765,47 +765,6 @@ class _Rollout:
             cpu_s=time.process_time() - self.cpu0, plan=plan,
             batch_outcomes=self.batch_outcomes, budgets=self.gate.summary(),
             budget_requests=self.gate.requests)
-
-    def _dry_run_plan(self, selection: rp.Selection) -> dict[str, Any]:
-        """The batches and, for each pod, the patches it would get."""
-        time_iso = self._now_iso()
-        canary = {k for b in self.batches if b.kind is BatchKind.CANARY for k in b.pods}
-        where = {k: b.index for b in self.batches for k in b.pods}
-        pods: list[dict[str, Any]] = []
-        for target in selection.targets:
-            pod = self.latest[target.key]
-            resumed = (decode((pod.get("metadata") or {}).get("annotations")) if target.resumed
-                       else None)
-            patches: dict[str, Any]
-            swap: SwapPlan | EphemeralPlan
-            if target.handover is not None:
-                swap = target.handover
-                patches = eph.dry_run_patches(pod, swap, resumed or eph.record_for(
-                    swap, self.spec, canary=target.key in canary, time=time_iso),
-                    time_iso, self.settings.pod_timeout_s, resumed=target.resumed)
-            else:
-                assert target.swap is not None
-                swap = target.swap
-                record = resumed or rp.record_for(swap, self.spec, canary=target.key in canary,
-                                                  time=time_iso)
-                patches = {}
-                if not target.resumed:
-                    patches["start"] = rp.start_ops(pod, swap, record)
-                patches["retire"] = rp.retire_ops(pod, swap, record, time_iso, guard=False)
-                patches["rollback"] = rp.rollback_ops(pod, swap, record, time_iso,
-                                                      "(the reason)")
-            pods.append({"namespace": target.key[0], "pod": target.key[1],
-                         "batch": where.get(target.key), "canary": target.key in canary,
-                         "resumed": target.resumed, "from_image": swap.from_image,
-                         "to_image": swap.to_image, "from_slot": swap.old_slot,
-                         "to_slot": swap.new_slot, "patches": patches})
-        return {"batches": [{"index": b.index, "kind": b.kind.value,
-                             "pods": [f"{ns}/{name}" for ns, name in b.pods]}
-                            for b in self.batches],
-                "pods": pods,
-                "retire_guard": "the retire patch also tests the new slot's container status "
-                                "(name, containerID, ready: true) as seen ready, known only "
-                                "then"}
 
     # ------------------------------------------------------------------ requests
 
