@@ -388,9 +388,15 @@ class Supervisor:
 
     def __init__(self, root: Path, binary: Path, config: Path, *, drain_min_s: float,
                  drain_max_s: float, state_dir: Path | None = None, log_level: str = "warning",
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), threaded_parent: bool = False) -> None:
         self.state_dir = state_dir or root / "state"
         self.log_path = root / "supervisor.log"
+        self.threaded_parent = threaded_parent
+        """This process runs other threads (a gRPC server, a load client) when it starts the
+        supervisor: then no Python may run between fork and exec (a `preexec_fn` in a forked
+        copy of a threaded process can crash or hang: a supervisor start died of SIGSEGV
+        before its first log line in a chaos run), and `setpriv --pdeathsig` sets the death
+        signal instead."""
         self.argv = [sys.executable, "-m", "meshctl", "run", "--state-dir", str(self.state_dir),
                      "--config", str(config), "--envoy", str(binary),
                      "--drain-min-s", f"{drain_min_s:g}", "--drain-max-s", f"{drain_max_s:g}",
@@ -400,9 +406,14 @@ class Supervisor:
 
     def start(self, timeout_s: float = 60.0) -> Supervisor:
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509
+            if self.threaded_parent:
+                self.proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", *self.argv],
+                                             stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            else:
+                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT, start_new_session=True,
+                                             preexec_fn=_die_with_parent)  # noqa: PLW1509
         log(f"supervisor pid {self.proc.pid}: state dir {self.state_dir}")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -13,7 +13,8 @@ The codes allowed, and why more than one where there is more than one:
 - SIGSTOP of a new generation: 0, or 8 when it cannot be LIVE before the ready timeout;
 - bad binary: 6 when pre-flight sees it is not Envoy, 8 when it crashes once started;
 - bad config: 6 when Envoy rejects it, 8 when its extra listener's port is taken;
-- full state dir: 7 (the state dir cannot be used), or 0/8 if the upgrade got through;
+- full state dir: 6 (pre-flight sees no room for the new generation) or 7 (the state dir
+  cannot be used), both having started nothing; 0/8 if the upgrade got through;
 - control plane down: 6 (pre-flight: the live generation is disconnected).
 """
 
@@ -32,7 +33,7 @@ _KILL_NEW_CODES = frozenset({0, 1, 8})
 _LOST_SUPERVISOR_CODES = frozenset({0, 1, 3})
 _BAD_BINARY_CODES = {"not_envoy": frozenset({6}), "crashes": frozenset({8})}
 _BAD_CONFIG_CODES = {"rejected": frozenset({6}), "port_in_use": frozenset({8})}
-_FULL_CODES = frozenset({0, 7, 8})
+_FULL_CODES = frozenset({0, 6, 7, 8})
 _WAIT_S = 30.0
 """For an event a fault waits for (a pid in status, a drain starting, a disconnection)."""
 
@@ -181,7 +182,7 @@ def full_state_dir(h: Harness, step: Step, log_: StepLog) -> None:
         call = h.upgrade(log_, f"upgrade to {step.binary} (state dir full)", _FULL_CODES,
                          binary=h.binaries[step.binary])
         after = h.status()
-        if call.exit_code == 7 and before is not None and after is not None:
+        if call.exit_code in (6, 7) and before is not None and after is not None:
             _refused_means_unchanged(before, after, log_)
         time.sleep(step.hold_s)
     finally:
@@ -191,15 +192,15 @@ def full_state_dir(h: Harness, step: Step, log_: StepLog) -> None:
 
 def _refused_means_unchanged(before: StatusSnapshot, after: StatusSnapshot,
                              log_: StepLog) -> None:
-    """An upgrade refused (exit 7) must have started nothing: the README's promise for every
-    refusal, which a script acts on (it will not wait for, nor roll back, what it was told
-    never began)."""
+    """An upgrade refused (exit 6 or 7) must have started nothing: the README's promise for
+    every refusal, which a script acts on (it will not wait for, nor roll back, what it was
+    told never began)."""
     was = [(g["epoch"], g["pid"]) for g in before["generations"]]
     now = [(g["epoch"], g["pid"]) for g in after["generations"]]
     if now != was or after["upgrade"] is not None:
         upgrade = after["upgrade"]
         log_.problem("refused_upgrade_starts_nothing",
-                     f"the CLI said exit 7, yet the supervisor runs upgrade "
+                     f"the CLI refused the upgrade, yet the supervisor runs upgrade "
                      f"{upgrade and upgrade['id']} (phase {after['phase']}): generations "
                      f"{was} -> {now}")
 

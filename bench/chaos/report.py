@@ -96,7 +96,9 @@ class Report:
 
     def reproduce(self) -> str:
         kinds = self.settings.get("kinds")
-        return (f"python bench/chaos_run.py --seed {self.seed} --steps {len(self.steps)}"
+        # The planned steps, not those run: the schedule depends on its length.
+        steps = self.settings.get("steps", len(self.steps))
+        return (f"python bench/chaos_run.py --seed {self.seed} --steps {steps}"
                 + (f" --kinds {kinds}" if kinds and kinds != "all" else ""))
 
     def to_json(self) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def run_chaos(settings: Settings, binaries: dict[Binary, Path], root: Path) -> R
     supervisor = Supervisor(root, binaries[Binary.OLD], site.config,
                             drain_min_s=settings.drain_min_s, drain_max_s=settings.drain_max_s,
                             state_dir=site.state_dir, log_level="info",
-                            extra_args=settings.supervisor_args())
+                            extra_args=settings.supervisor_args(), threaded_parent=True)
     timeouts = Timeouts(ready_s=settings.ready_timeout_s, drain_max_s=settings.drain_max_s)
     harness = Harness(site, supervisor, binaries, timeouts)
     watch = LiveWatch(site.state_dir)

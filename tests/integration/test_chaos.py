@@ -41,18 +41,11 @@ this run must then see no refused connection and no request lost on a new connec
 from a kill's own moment (requests in flight on a killed process, and new connections it had
 accepted, are lost whatever a supervisor does: `chaos.causes`). False before that work."""
 
-KNOWN_SRC_BUGS: dict[tuple[str, str], str] = {
-    ("*", "no_stale_parent_socket"):
-        "a supervisor killed with SIGKILL leaves its stand-in's socket file (envoy_parent_N) "
-        "in hr/; the supervisor that adopts its generations never removes it, it stays until "
-        "an upgrade reuses the slot (harmless: nothing sends to it)",
-    ("full_state_dir", "status_matches_state_file"):
-        "a state save that failed on a full file system is retried only at the next save (a "
-        "phase change), not once space is back: the state file keeps the phase, epoch and "
-        "live pid of before the upgrade; a supervisor crash then would adopt from it",
-}
-"""(fault kind or "*", invariant) -> the src bug that violates it today, tolerated here with
-its reason; remove an entry with its fix, and the test holds meshctl to it again."""
+KNOWN_SRC_BUGS: dict[tuple[str, str], str] = {}
+"""(fault kind or "*", invariant) -> the src bug that violates it, tolerated here with its
+reason until its fix; remove the entry with the fix, and the test holds meshctl to it again.
+Empty since 7fba36d, which fixed the last two the run found (a killed supervisor's stand-in
+socket left in hr/; a state file left stale after a full state dir)."""
 
 
 def _known(violation: Mapping[str, object]) -> bool:
