@@ -13,6 +13,7 @@ import socket
 import stat
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -424,3 +425,37 @@ def test_a_supervisor_killed_mid_drain_is_replaced_the_old_one_drains_and_ends_w
     own = {f"envoy_{role}_{10 * base + epoch % 3}"
            for role in ("parent", "child", "udp_parent", "udp_child")}
     assert own <= files <= own | {f"envoy_parent_{10 * base + (epoch - 1) % 3}"}, files
+
+
+def test_a_supervisor_adopting_a_serving_envoy_without_its_admin_api_repairs_it_not_kills_it(
+        meshctl: Meshctl, ports: Ports, workdir: Path, silent_server: int) -> None:
+    """Found by the chaos run: a child died initializing while no supervisor ran (Trap 1:
+    the old generation's admin listener closed, the flag set). The supervisor that adopts the
+    old generation waited for its /ready, then killed it and exited 9: an outage."""
+    config = envoy_config(workdir / "v1.yaml", ports)
+    args = ("--ready-timeout-s", "5", "--drain-min-s", "0.2", "--stop-grace-s", "2")
+    meshctl.start(*args, config=config)
+    hangs = envoy_config(workdir / "hang.yaml", ports, xds_hang=silent_server)
+    done = meshctl.cli("upgrade", "--config", str(hangs), "--ready-timeout-s", "30", "-o",
+                       "json")
+    assert done.returncode == 0, done.stderr
+    snap = meshctl.wait_for(lambda s: len(s["generations"]) == 2, 10, "the hanging child")
+    old = snap["live"]
+    new_pid = next(g["pid"] for g in snap["generations"] if g["pid"] != old["pid"])
+    time.sleep(1.0)  # the child has closed the old one's admin listener
+    assert meshctl.proc is not None
+    meshctl.proc.kill()
+    meshctl.proc.wait()
+    os.kill(new_pid, signal.SIGKILL)
+
+    with Traffic(ports.http) as traffic:
+        meshctl.start(*args, config=config)
+        snap = meshctl.wait_for(lambda s: s["phase"] == "running" and s["upgrades"] >= 1
+                                and s["live"]["pid"] != old["pid"], 60, "the repair")
+
+    assert traffic.stats.failed == 0, traffic.stats.to_json()
+    assert "adopted without its admin API" in meshctl.supervisor_log()
+    assert snap["last_upgrade"]["result"] == "succeeded", snap["last_upgrade"]
+    assert get(ports.http)[0] == 200
+    assert urllib.request.urlopen(f"http://127.0.0.1:{ports.admin}/ready",
+                                  timeout=5).status == 200

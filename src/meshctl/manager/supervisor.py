@@ -232,6 +232,9 @@ class Supervisor(PodSlotSteps):
         older = [g for g in adopted if g is not newest]
         if not older:
             self.live = newest
+            if newest.live_mono is not None and not newest.admin.is_ready():
+                self._resume_without_admin(newest)
+                return
             self.ready_deadline = Deadline(self.clock, self.settings.ready_timeout_s)
             return  # STARTING: _step_starting marks it LIVE once /ready says so
         old = older[-1]
@@ -246,6 +249,31 @@ class Supervisor(PodSlotSteps):
         upgrade.to_pid = newest.pid
         self.ready_deadline = Deadline(self.clock, upgrade.ready_timeout_s)
         self.phase = transition(self.phase, Phase.UPGRADING)
+
+    def _resume_without_admin(self, gen: Generation) -> None:
+        """An adopted generation that served (the state file says so) but whose admin API is
+        gone: a child died initializing while no supervisor ran (Trap 1). It still serves:
+        waiting for its /ready and then killing it would be an outage. It is LIVE, and the
+        repair runs as after any failed child: the flag is cleared, and a recovery generation
+        on its own binary and config brings the admin API back. Found by the chaos run."""
+        log.warning("epoch %d: adopted without its admin API (a child died initializing "
+                    "while no supervisor ran); it serves, repairing", gen.epoch)
+        self._mark_live(gen)
+        self.phase = transition(self.phase, Phase.RUNNING)
+        reason = repair.needs_recovery(self.files, gen)
+        if reason is None:
+            return
+        self.metrics.envoy_restarted("recovery")
+        try:
+            self._begin_upgrade(gen.binary, gen.config, self.settings.drain,
+                                f"recovery after an adoption: {reason}",
+                                self.settings.ready_timeout_s)
+        except errors.MeshctlError as exc:
+            log.error("epoch %d: no recovery generation (%s); it serves without its admin "
+                      "API until the next upgrade", gen.epoch, exc)
+            if self.upgrade is not None:
+                self.upgrade.error = str(exc)
+                self._finish_upgrade("aborted")
 
     def _answer_for_dead_parent(self, oldest: Generation) -> None:
         """After an adoption: the oldest generation's parent is gone, and the stand-in that
