@@ -205,3 +205,61 @@ def test_a_stand_in_hands_a_held_socket_to_a_restarted_child_and_counts_it(
 
     assert parent.hold.given == 1 and parent.hold.pending() == 0
     child.close_all()
+
+
+# ----------------------------------------------------------------- the relay (a recovery's parent)
+
+def test_a_relay_gives_held_sockets_forwards_the_rest_and_gives_the_parent_its_name_back(
+        sock_dir: Path) -> None:
+    path = sock_dir / "envoy_parent_0"
+    parent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the live parent's socket
+    parent.bind(str(path))
+    parent.settimeout(2)
+    link = sock_dir / "envoy_parent_0.r"
+    os.link(path, link)
+    held = listener()
+    url = f"tcp://127.0.0.1:{held.getsockname()[1]}"
+    hold = SocketHold()
+    hold.put(held, url)
+    relay = ParentStandIn(path, 0, hold, relay_to=link)
+    relay.start()
+    child = SocketHold()
+    try:
+        child.take(path, sock_dir / "envoy_child_1", [url], workers=1, now=0.0)
+        child_fd = child.fd_for(url, 0)
+        assert child_fd is not None and os.fstat(child_fd).st_ino == inode(held)
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
+            asker.sendto(hrwire.frame(bytes.fromhex("0a021200")), str(path))  # ShutdownAdmin
+            assert parent.recv(4096) == hrwire.frame(bytes.fromhex("0a021200"))  # forwarded
+
+        relay.close()  # the recovery is gone: the parent gets its own name back
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
+            asker.sendto(b"x", str(path))
+            assert parent.recv(16) == b"x"
+        assert not link.exists()
+    finally:
+        relay.close()
+        child.close_all()
+        hold.close_all()
+        parent.close()
+
+
+def test_a_relay_whose_parent_is_gone_answers_as_a_stand_in(sock_dir: Path) -> None:
+    path = sock_dir / "envoy_parent_0"
+    parent = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    parent.bind(str(path))
+    link = sock_dir / "envoy_parent_0.r"
+    os.link(path, link)
+    relay = ParentStandIn(path, 0, SocketHold(), relay_to=link)
+    relay.start()
+    parent.close()  # the parent exited: its socket refuses
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as child:
+            child.bind(str(sock_dir / "envoy_child_1"))
+            child.settimeout(2)
+            child.sendto(hrwire.frame(bytes.fromhex("0a021a00")), str(path))  # Stats
+            assert child.recv(4096) == hrwire.empty_stats_reply()
+        assert relay.relay_to is None and not link.exists()
+    finally:
+        relay.close()

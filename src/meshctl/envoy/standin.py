@@ -132,8 +132,8 @@ class ParentStandIn:
             kind = request.kind if request is not None else None
             if kind == hrwire.Req.TERMINATE:
                 self.terminate_received.set()
-            if not sender:
-                continue
+            if not sender and self.relay_to is None:
+                continue  # nobody to answer (a relay forwards: the parent answers the child)
             try:
                 self._answer(sock, request, kind, sender, frame)
             except OSError as exc:
@@ -142,6 +142,8 @@ class ParentStandIn:
     def _answer(self, sock: socket.socket, request: hrwire.Request | None, kind: int | None,
                 sender: str, frame: bytes = b"") -> None:
         if self.relay_to is not None and frame and self._forward(sock, request, kind, frame):
+            return
+        if not sender:
             return
         if kind == hrwire.Req.PASS_LISTEN_SOCKET and request is not None:
             if self.hold is not None and self.hold.send_fd(sock, request.address,
@@ -179,8 +181,12 @@ class ParentStandIn:
             return False  # ours to give: the held socket
         try:
             sock.sendto(frame, str(self.relay_to))
-        except OSError:
-            self.relay_to = None  # the parent is gone: a stand-in from now on
+        except (ConnectionRefusedError, FileNotFoundError):
+            self.parent_gone()  # nobody behind its socket: a stand-in from now on
+            return False
+        except OSError as exc:
+            log.warning("relay %d: could not forward to the parent (%s); answering", self.epoch,
+                        exc)
             return False
         self.forwarded += 1
         return True
@@ -198,7 +204,16 @@ class ParentStandIn:
             self._thread.join(timeout=2)
         if self._sock is not None:
             self._sock.close()
-        self.parent_gone()
+        link, self.relay_to = self.relay_to, None
+        if link is not None:
+            # The parent lives on (its child, a recovery, is gone): give its socket its own
+            # name back, or its next child finds nothing there.
+            try:
+                os.rename(link, self.path)
+                return
+            except OSError as exc:
+                log.error("relay %d: cannot give the parent's socket its name back (%s)",
+                          self.epoch, exc)
         # Unlink only if the path is still ours (a later generation may reuse the name).
         with contextlib.suppress(FileNotFoundError):
             if self._inode is not None and self.path.stat().st_ino == self._inode:
