@@ -665,4 +665,5 @@ class Supervisor(PodSlotSteps):
             if self._save_error is not None:
                 log.info("the state file is written again")
             self._save_error = None
-        self._snapshot = self._status()
+        status["state_error"] = self._save_error  # what this attempt found, not the last one
+        self._snapshot = status
