@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,3 +150,39 @@ class ProcessRuntime:
     def stop_all(self) -> None:
         for container_id in list(self.procs):
             self.stop(container_id)
+
+
+CRASHING = "registry.example/meshctl/proxy:segfaults"
+"""An image whose Envoy passes pre-flight (--version, --hot-restart-version) and then dies of
+SIGSEGV at start."""
+MESHCTL = [sys.executable, "-m", "meshctl"]
+
+
+@contextlib.contextmanager
+def real_pod(pod: str, config_for: Callable[[Path], Path], envoy_old: Path, envoy_new: Path,
+             images: Mapping[str, Path], standby: str, prefix: str) -> Iterator[ProcessRuntime]:
+    """A ProcessRuntime whose images are `meshctl run` on real Envoy binaries (`images`: image
+    -> binary, plus CRASHING) and `meshctl standby`; at the end, every process stopped and
+    nothing left in the pod's hot-restart dir."""
+    import shutil  # noqa: PLC0415
+    import stat  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))  # short: Unix socket paths
+    crashing = root / "crashing-envoy"
+    crashing.write_text("#!/bin/sh\n"
+                        'case " $* " in *" --version "*|*" --hot-restart-version "*)\n'
+                        f'  exec {envoy_new} "$@";;\nesac\nkill -SEGV $$\n')
+    crashing.chmod(crashing.stat().st_mode | stat.S_IXUSR)
+    commands = {image: [*MESHCTL, "run", "--envoy", str(binary)]
+                for image, binary in images.items()}
+    commands[CRASHING] = [*MESHCTL, "run", "--envoy", str(crashing)]
+    commands[standby] = [*MESHCTL, "standby"]
+    runtime = ProcessRuntime(root, commands, config=config_for(root / "envoy.yaml"))
+    try:
+        yield runtime
+    finally:
+        runtime.stop_all()
+        leftovers = list((runtime.pod_dir(pod) / "hr").glob("*"))
+        shutil.rmtree(root, ignore_errors=True)
+    assert not leftovers, leftovers

@@ -5,10 +5,6 @@ and 1.40.0, `meshctl standby`, traffic through the pod's proxy all along."""
 from __future__ import annotations
 
 import json
-import shutil
-import stat
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +25,10 @@ from tests.k8s.conftest import (
     images,
     read_pod,
 )
-from tests.k8s.process_runtime import ProcessRuntime
+from tests.k8s.process_runtime import CRASHING, ProcessRuntime, real_pod
 
 pytestmark = pytest.mark.envoy
 
-CRASHING = "registry.example/meshctl/proxy:segfaults"
-MESHCTL = [sys.executable, "-m", "meshctl"]
 
 
 @pytest.fixture
@@ -44,23 +38,10 @@ def ports() -> Ports:
 
 @pytest.fixture
 def runtime(ports: Ports, envoy_old: Path, envoy_new: Path) -> Iterator[ProcessRuntime]:
-    root = Path(tempfile.mkdtemp(prefix="mck-"))  # short: Unix socket paths
-    crashing = root / "crashing-envoy"
-    crashing.write_text("#!/bin/sh\n"
-                        'case " $* " in *" --version "*|*" --hot-restart-version "*)\n'
-                        f'  exec {envoy_new} "$@";;\nesac\nkill -SEGV $$\n')
-    crashing.chmod(crashing.stat().st_mode | stat.S_IXUSR)
-    runtime = ProcessRuntime(root, {
-        PROXY_OLD: [*MESHCTL, "run", "--envoy", str(envoy_old)],
-        PROXY_NEW: [*MESHCTL, "run", "--envoy", str(envoy_new)],
-        CRASHING: [*MESHCTL, "run", "--envoy", str(crashing)],
-        STANDBY: [*MESHCTL, "standby"],
-    }, config=envoy_config(root / "envoy.yaml", ports))
-    yield runtime
-    runtime.stop_all()
-    leftovers = list((runtime.pod_dir(POD) / "hr").glob("*"))
-    shutil.rmtree(root, ignore_errors=True)
-    assert not leftovers, leftovers
+    with real_pod(POD, lambda path: envoy_config(path, ports), envoy_old, envoy_new,
+                  {PROXY_OLD: envoy_old, PROXY_NEW: envoy_new, }, STANDBY,
+                  "mck-") as runtime:
+        yield runtime
 
 
 def slot_status(runtime: ProcessRuntime, slot: str) -> dict[str, object]:

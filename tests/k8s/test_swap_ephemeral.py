@@ -9,11 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import stat
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,13 +33,11 @@ from tests.k8s.conftest import (
     images,
     read_pod,
 )
-from tests.k8s.process_runtime import ProcessRuntime
+from tests.k8s.process_runtime import CRASHING, ProcessRuntime, real_pod
 
 pytestmark = pytest.mark.envoy
 
 PROXY_NEWER = "registry.example/meshctl/proxy:1.40.0-r2"
-CRASHING = "registry.example/meshctl/proxy:segfaults"
-MESHCTL = [sys.executable, "-m", "meshctl"]
 
 
 @pytest.fixture
@@ -53,24 +47,10 @@ def ports() -> Ports:
 
 @pytest.fixture
 def runtime(ports: Ports, envoy_old: Path, envoy_new: Path) -> Iterator[ProcessRuntime]:
-    root = Path(tempfile.mkdtemp(prefix="mce-"))  # short: Unix socket paths
-    crashing = root / "crashing-envoy"
-    crashing.write_text("#!/bin/sh\n"
-                        'case " $* " in *" --version "*|*" --hot-restart-version "*)\n'
-                        f'  exec {envoy_new} "$@";;\nesac\nkill -SEGV $$\n')
-    crashing.chmod(crashing.stat().st_mode | stat.S_IXUSR)
-    runtime = ProcessRuntime(root, {
-        PROXY_OLD: [*MESHCTL, "run", "--envoy", str(envoy_old)],
-        PROXY_NEW: [*MESHCTL, "run", "--envoy", str(envoy_new)],
-        PROXY_NEWER: [*MESHCTL, "run", "--envoy", str(envoy_new)],
-        CRASHING: [*MESHCTL, "run", "--envoy", str(crashing)],
-        STANDBY: [*MESHCTL, "standby"],
-    }, config=envoy_config(root / "envoy.yaml", ports))
-    yield runtime
-    runtime.stop_all()
-    leftovers = list((runtime.pod_dir(POD) / "hr").glob("*"))
-    shutil.rmtree(root, ignore_errors=True)
-    assert not leftovers, leftovers
+    with real_pod(POD, lambda path: envoy_config(path, ports), envoy_old, envoy_new,
+                  {PROXY_OLD: envoy_old, PROXY_NEW: envoy_new, PROXY_NEWER: envoy_new, }, STANDBY,
+                  "mce-") as runtime:
+        yield runtime
 
 
 def upgrade(meshctl: Invoke, image: str) -> Any:
